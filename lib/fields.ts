@@ -1,0 +1,122 @@
+/**
+ * Ordered field lists and the field rules a forwarding proxy applies
+ * (RFC 9110 §5, §7.6). Pure: no I/O.
+ *
+ * A message's fields are kept as received: order, case and duplicates intact,
+ * so end-to-end fields pass through unchanged.
+ *
+ * @module
+ */
+
+/** One field line: the name as received and its value with OWS trimmed. */
+export type Field = [name: string, value: string];
+
+/**
+ * Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1), plus the
+ * framing field `Transfer-Encoding` and `Content-Length`, which the proxy
+ * regenerates for the next hop (RFC 9112 §6).
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "proxy-authorization",
+  "proxy-authenticate",
+]);
+
+/** All values of a field (name compared case-insensitively, lower-case `name`). */
+export function getAll(fields: readonly Field[], name: string): string[] {
+  const out: string[] = [];
+  for (const f of fields) {
+    if (f[0].length === name.length && f[0].toLowerCase() === name) out.push(f[1]);
+  }
+  return out;
+}
+
+/** Whether a field is present (lower-case `name`). */
+export function has(fields: readonly Field[], name: string): boolean {
+  for (const f of fields) {
+    if (f[0].length === name.length && f[0].toLowerCase() === name) return true;
+  }
+  return false;
+}
+
+/**
+ * Splits list-based field values (RFC 9110 §5.6.1) into trimmed elements,
+ * dropping empty ones. Quoted strings are not split on commas.
+ */
+export function splitList(values: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const v of values) {
+    let start = 0;
+    let quoted = false;
+    for (let i = 0; i <= v.length; i++) {
+      const c = i < v.length ? v.charCodeAt(i) : 0x2c;
+      if (quoted) {
+        if (c === 0x5c) i++;
+        else if (c === 0x22) quoted = false;
+        continue;
+      }
+      if (c === 0x22) quoted = true;
+      else if (c === 0x2c) {
+        const item = v.slice(start, i).trim();
+        if (item) out.push(item);
+        start = i + 1;
+      }
+    }
+    if (quoted) {
+      const item = v.slice(start).trim();
+      if (item) out.push(item);
+    }
+  }
+  return out;
+}
+
+/** The lower-cased tokens of every `Connection` field (RFC 9110 §7.6.1). */
+export function connectionTokens(fields: readonly Field[]): Set<string> {
+  const tokens = new Set<string>();
+  for (const t of splitList(getAll(fields, "connection"))) tokens.add(t.toLowerCase());
+  return tokens;
+}
+
+/**
+ * Returns the end-to-end fields of a message: drops every hop-by-hop field,
+ * every field named by `Connection`, `Content-Length` and `Transfer-Encoding`
+ * (RFC 9110 §7.6.1). `keep` names fields to retain even if listed (for
+ * example `upgrade` when an upgrade is being forwarded).
+ */
+export function stripHopByHop(
+  fields: readonly Field[],
+  connection: ReadonlySet<string>,
+  keep?: ReadonlySet<string>,
+): Field[] {
+  const out: Field[] = [];
+  for (const f of fields) {
+    const lower = f[0].toLowerCase();
+    if (keep?.has(lower)) {
+      out.push(f);
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower) || lower === "content-length" || connection.has(lower)) continue;
+    out.push(f);
+  }
+  return out;
+}
+
+/**
+ * Whether any `Via` entry was added by `pseudonym` (RFC 9110 §7.6.3
+ * received-by), which means the message is looping through this proxy.
+ */
+export function viaContains(fields: readonly Field[], pseudonym: string): boolean {
+  const want = pseudonym.toLowerCase();
+  for (const entry of splitList(getAll(fields, "via"))) {
+    // entry = received-protocol RWS received-by [ RWS comment ]
+    const parts = entry.split(/[ \t]+/);
+    if (parts.length >= 2 && parts[1].toLowerCase() === want) return true;
+  }
+  return false;
+}

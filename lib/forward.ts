@@ -1,0 +1,381 @@
+/**
+ * One absolute-form exchange (RFC 9110 §7.6, RFC 9112): the request is checked,
+ * rewritten to origin-form with hop-by-hop fields removed and `Via` added, sent
+ * to the origin over a pooled connection, and the response is streamed back
+ * with its framing re-chosen for the client.
+ *
+ * @module
+ */
+import { parseDecimal } from "./ascii.ts";
+import {
+  LoopDetectedError,
+  ParseError,
+  PrematureEofError,
+  ProxyError,
+  UpstreamError,
+  UpstreamTimeoutError,
+} from "./errors.ts";
+import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, viaContains } from "./fields.ts";
+import { type Framing, requestFraming, responseFraming } from "./framing.ts";
+import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
+import type { Logger } from "./log.ts";
+import type { ResolvedOptions } from "./options.ts";
+import { type BodyReader, bodyReader, type ConnReader } from "./reader.ts";
+import { localResponse } from "./respond.ts";
+import { httpDate, serializeHead } from "./serialize.ts";
+import { parseAbsoluteTarget } from "./target.ts";
+import { closeQuietly, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
+import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./writer.ts";
+
+/** What an exchange needs from the server. */
+export interface ExchangeContext {
+  readonly options: ResolvedOptions;
+  readonly limits: HeadLimits;
+  readonly pool: UpstreamPool;
+  readonly logger: Logger;
+  /** True once the server is shutting down: responses then close the connection. */
+  readonly stopping: boolean;
+}
+
+/** The client side of an exchange. */
+export interface ClientSide {
+  readonly conn: Deno.TcpConn;
+  readonly reader: ConnReader;
+  /** Set once a final response head has been written (errors can no longer be reported). */
+  finalHeadSent: boolean;
+  /** The upstream connection in use, so a forced shutdown can close it. */
+  upstream: Deno.Conn | null;
+}
+
+const RETRY = Symbol("retry");
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+const ALLOW = "GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH";
+/** Fields not echoed by TRACE (RFC 9110 §9.3.8: exclude sensitive data). */
+const TRACE_HIDDEN = new Set(["authorization", "proxy-authorization", "cookie"]);
+
+/**
+ * Handles one request whose head has been read. Resolves to whether the client
+ * connection may carry another request.
+ *
+ * @throws {ProxyError} before the final response head is sent; the caller answers with it.
+ */
+export async function handleRequest(ctx: ExchangeContext, client: ClientSide, head: RequestHead): Promise<boolean> {
+  const fields = head.fields;
+  // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or with several.
+  const hosts = getAll(fields, "host");
+  if (hosts.length > 1) throw new ParseError("Cannot accept more than one Host field", "multiple-host");
+  if (hosts.length === 0 && head.minor === 1) throw new ParseError("Missing Host field", "missing-host");
+  const framing = requestFraming(head);
+  const tokens = connectionTokens(fields);
+  const persistent = !ctx.stopping && (head.minor === 1 ? !tokens.has("close") : tokens.has("keep-alive"));
+
+  if (head.method === "CONNECT") {
+    throw new ParseError("CONNECT is not supported yet", "connect-unsupported");
+  }
+  const target = head.target;
+  if (target === "*") {
+    if (head.method !== "OPTIONS") throw new ParseError("Asterisk-form is only valid for OPTIONS", "invalid-target");
+    // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7).
+    await writeLocal(client, localResponse(200, { fields: [["Allow", ALLOW]], close: !persistent }));
+    return persistent && framing.kind === "none";
+  }
+  if (target.charCodeAt(0) === 0x2f) {
+    throw new ParseError(
+      "This is a proxy: send absolute-form requests (GET http://host/path) or CONNECT",
+      "origin-form-to-proxy",
+    );
+  }
+  const dest = parseAbsoluteTarget(target, head.method);
+  if (viaContains(fields, ctx.options.via)) throw new LoopDetectedError();
+
+  // RFC 9110 §7.6.2: Max-Forwards for TRACE and OPTIONS.
+  let maxForwards = -1;
+  if (head.method === "TRACE" || head.method === "OPTIONS") {
+    const values = getAll(fields, "max-forwards");
+    if (values.length > 0) maxForwards = parseDecimal(values[0]);
+    if (maxForwards === 0) return answerMaxForwardsZero(client, head, persistent && framing.kind === "none");
+  }
+
+  const out: Field[] = [["Host", dest.authority]];
+  for (const f of stripHopByHop(fields, tokens)) {
+    const name = f[0].toLowerCase();
+    if (name === "host") continue;
+    if (name === "max-forwards" && maxForwards > 0) {
+      out.push([f[0], String(maxForwards - 1)]);
+      continue;
+    }
+    // RFC 9110 §10.1.1: a 100-continue expectation in HTTP/1.0 is ignored.
+    if (name === "expect" && head.minor === 0) continue;
+    out.push(f);
+  }
+  out.push(["Via", `1.${head.minor} ${ctx.options.via}`]);
+  if (framing.kind === "length") out.push(["Content-Length", String(framing.length)]);
+  else if (framing.kind === "chunked") out.push(["Transfer-Encoding", "chunked"]);
+  const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out);
+
+  const body = bodyReader(client.reader, framing);
+  const retryable = IDEMPOTENT.has(head.method) && framing.kind !== "chunked" &&
+    (framing.kind === "none" || (framing.kind === "length" && framing.length === 0));
+  for (let attempt = 0;; attempt++) {
+    const up = await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
+    client.upstream = up.conn;
+    try {
+      const result = await exchange(
+        ctx,
+        client,
+        head,
+        persistent,
+        requestHead,
+        framing,
+        body,
+        up,
+        retryable && up.reused,
+      );
+      if (result !== RETRY) return result;
+      ctx.logger.log("debug", "upstream-retry", { origin: up.key });
+    } finally {
+      client.upstream = null;
+    }
+  }
+}
+
+async function exchange(
+  ctx: ExchangeContext,
+  client: ClientSide,
+  req: RequestHead,
+  persistent: boolean,
+  requestHead: Uint8Array,
+  framing: Framing,
+  body: BodyReader,
+  up: UpstreamConn,
+  canRetry: boolean,
+): Promise<boolean | typeof RETRY> {
+  try {
+    await writeAll(up.conn, requestHead);
+  } catch (error) {
+    closeQuietly(up.conn);
+    if (canRetry) return RETRY;
+    throw new UpstreamError("Cannot send the request to the origin", "upstream-write-failed", error);
+  }
+
+  // The request body streams while the response is awaited (100-continue, early answers).
+  let clientError: unknown = null;
+  let upstreamWriteFailed = false;
+  let responseTimer: ReturnType<typeof setTimeout> | undefined;
+  let timedOut = false;
+  let headSeen = false;
+  const startResponseTimer = () => {
+    responseTimer = setTimeout(() => {
+      timedOut = true;
+      closeQuietly(up.conn);
+    }, ctx.options.responseTimeoutMs);
+  };
+  const pump = body.done ? null : (async () => {
+    const writer: BodyWriter = framing.kind === "chunked" ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
+    while (true) {
+      let data: Uint8Array | null;
+      try {
+        data = await body.next();
+      } catch (error) {
+        // The request cannot be completed: abort the upstream side too.
+        clientError = error;
+        closeQuietly(up.conn);
+        return;
+      }
+      try {
+        if (data === null) {
+          await writer.end(endToEndTrailers(body.trailers));
+          break;
+        }
+        await writer.write(data);
+      } catch {
+        // The origin stopped reading (it may have answered early); its response decides.
+        upstreamWriteFailed = true;
+        return;
+      }
+    }
+    if (!headSeen) startResponseTimer();
+  })();
+  if (pump === null) startResponseTimer();
+
+  let res: ResponseHead;
+  try {
+    while (true) {
+      const parser = new HeadParser("response", ctx.limits);
+      let got: boolean;
+      try {
+        got = await up.reader.readHead(parser);
+      } catch (error) {
+        closeQuietly(up.conn);
+        if (clientError !== null) throw clientError;
+        if (timedOut) {
+          throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
+        }
+        if (error instanceof ProxyError && !(error instanceof PrematureEofError)) {
+          throw new UpstreamError("The origin sent an invalid response head", "upstream-bad-response", error);
+        }
+        if (canRetry && !parser.started) return RETRY;
+        throw new UpstreamError(
+          parser.started ? "The origin closed the connection mid-response" : "The origin reset the connection",
+          parser.started ? "upstream-truncated-head" : "upstream-reset",
+          error,
+        );
+      }
+      if (!got) {
+        closeQuietly(up.conn);
+        if (clientError !== null) throw clientError;
+        if (timedOut) {
+          throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
+        }
+        if (canRetry) return RETRY;
+        throw new UpstreamError("The origin closed the connection without a response", "upstream-closed");
+      }
+      res = parser.responseHead();
+      if (res.status >= 200) break;
+      if (res.status === 101) {
+        closeQuietly(up.conn);
+        throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
+      }
+      // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
+      if (req.minor === 1) {
+        const interim = stripHopByHop(res.fields, connectionTokens(res.fields));
+        interim.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
+        try {
+          await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, interim));
+        } catch (error) {
+          closeQuietly(up.conn);
+          throw error;
+        }
+      }
+    }
+  } finally {
+    headSeen = true; // the pump must not start a timer from now on
+    clearTimeout(responseTimer);
+  }
+
+  let resFraming: Framing;
+  try {
+    resFraming = responseFraming(res, req.method);
+  } catch (error) {
+    closeQuietly(up.conn);
+    throw new UpstreamError("The origin sent a response with invalid framing", "upstream-bad-framing", error);
+  }
+  const resTokens = connectionTokens(res.fields);
+  // Read-side completion is decisive: the origin cannot have answered after the whole body
+  // unless we had read all of it. An early answer leaves the rest unread: close after it.
+  const early = !body.done;
+  let clientClose = !persistent || early || ctx.stopping;
+  const fields = stripHopByHop(res.fields, resTokens);
+  fields.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
+  // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
+  if (getAll(res.fields, "date").length === 0) fields.push(["Date", httpDate()]);
+  let chunkedToClient = false;
+  switch (resFraming.kind) {
+    case "none": {
+      // HEAD and 304 responses keep the length they announce.
+      const cl = getAll(res.fields, "content-length");
+      if (cl.length > 0 && res.status !== 204 && res.status >= 200) {
+        fields.push(["Content-Length", cl[0].split(",")[0].trim()]);
+      }
+      break;
+    }
+    case "length":
+      fields.push(["Content-Length", String(resFraming.length)]);
+      break;
+    case "chunked":
+    case "close":
+      if (req.minor === 1) {
+        fields.push(["Transfer-Encoding", "chunked"]);
+        chunkedToClient = true;
+      } else {
+        clientClose = true; // an HTTP/1.0 client sees the end of the body as the close
+      }
+      break;
+  }
+  if (clientClose) fields.push(["Connection", "close"]);
+  else if (req.minor === 0) fields.push(["Connection", "keep-alive"]);
+
+  try {
+    await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields));
+  } catch (error) {
+    closeQuietly(up.conn);
+    throw error;
+  }
+  client.finalHeadSent = true;
+
+  const resBody = bodyReader(up.reader, resFraming);
+  const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
+  while (true) {
+    let data: Uint8Array | null;
+    try {
+      data = await resBody.next();
+    } catch (error) {
+      // After the head is on the wire a failure can only abort: never fake a complete body.
+      closeQuietly(up.conn);
+      ctx.logger.log("warn", "upstream-body-failed", { origin: up.key, error: describe(error) });
+      return false;
+    }
+    try {
+      if (data === null) {
+        await writer.end(chunkedToClient ? endToEndTrailers(resBody.trailers) : []);
+        break;
+      }
+      await writer.write(data);
+    } catch {
+      // The client went away mid-response; the origin side cannot be reused.
+      closeQuietly(up.conn);
+      return false;
+    }
+  }
+
+  if (early) {
+    closeQuietly(up.conn);
+    await pump;
+    return false;
+  }
+  await pump;
+  if (clientError !== null || upstreamWriteFailed) {
+    closeQuietly(up.conn);
+    return false;
+  }
+  const reusable = res.minor === 1 && !resTokens.has("close") && resFraming.kind !== "close";
+  if (reusable) ctx.pool.release(up);
+  else closeQuietly(up.conn);
+  return !clientClose;
+}
+
+/** Trailer fields worth forwarding: drop hop-by-hop and framing fields. */
+function endToEndTrailers(trailers: readonly Field[]): Field[] {
+  if (trailers.length === 0) return [];
+  return trailers.filter((f) => {
+    const name = f[0].toLowerCase();
+    return !HOP_BY_HOP.has(name) && name !== "content-length" && name !== "host";
+  });
+}
+
+async function answerMaxForwardsZero(client: ClientSide, head: RequestHead, keepAlive: boolean): Promise<boolean> {
+  if (head.method === "OPTIONS") {
+    await writeLocal(client, localResponse(200, { fields: [["Allow", ALLOW]], close: !keepAlive }));
+    return keepAlive;
+  }
+  // TRACE: echo the request as received (RFC 9110 §9.3.8), minus credentials.
+  let echo = `${head.method} ${head.target} HTTP/1.${head.minor}\r\n`;
+  for (const [name, value] of head.fields) {
+    if (!TRACE_HIDDEN.has(name.toLowerCase())) echo += `${name}: ${value}\r\n`;
+  }
+  echo += "\r\n";
+  await writeLocal(client, localResponse(200, { body: echo, contentType: "message/http", close: !keepAlive }));
+  return keepAlive;
+}
+
+async function writeLocal(client: ClientSide, bytes: Uint8Array): Promise<void> {
+  client.finalHeadSent = true;
+  await writeAll(client.conn, bytes);
+}
+
+/** A short description of an error for logs. */
+export function describe(error: unknown): string {
+  if (error instanceof ProxyError) return error.code;
+  if (error instanceof Error) return error.name;
+  return String(error);
+}

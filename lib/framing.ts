@@ -1,0 +1,116 @@
+/**
+ * Message body length rules (RFC 9112 §6.3) for requests and responses.
+ * Pure: no I/O.
+ *
+ * @module
+ */
+import { isToken, parseDecimal } from "./ascii.ts";
+import { NotImplementedError, ParseError } from "./errors.ts";
+import { type Field, getAll, splitList } from "./fields.ts";
+import type { RequestHead, ResponseHead } from "./head.ts";
+
+/** How a message body is delimited. */
+export type Framing =
+  | { readonly kind: "none" }
+  | { readonly kind: "length"; readonly length: number }
+  | { readonly kind: "chunked" }
+  | { readonly kind: "close" };
+
+const NONE: Framing = Object.freeze({ kind: "none" });
+const CHUNKED: Framing = Object.freeze({ kind: "chunked" });
+const CLOSE: Framing = Object.freeze({ kind: "close" });
+
+/**
+ * Parses `Content-Length` (RFC 9110 §8.6): strict digits; repeated or
+ * comma-joined values must all be equal. Returns -1 when absent.
+ *
+ * @throws {ParseError} `invalid-content-length` or `conflicting-content-length`.
+ */
+export function contentLength(fields: readonly Field[]): number {
+  const values = getAll(fields, "content-length");
+  if (values.length === 0) return -1;
+  let length = -1;
+  for (const value of values) {
+    for (const part of value.split(",")) {
+      const n = parseDecimal(part.trim());
+      if (n < 0) throw new ParseError("Cannot parse Content-Length", "invalid-content-length");
+      if (length !== -1 && n !== length) {
+        throw new ParseError("Cannot accept differing Content-Length values", "conflicting-content-length");
+      }
+      length = n;
+    }
+  }
+  return length;
+}
+
+/** The lower-cased transfer codings, or null when there is no `Transfer-Encoding` field. */
+function transferCodings(fields: readonly Field[]): string[] | null {
+  const values = getAll(fields, "transfer-encoding");
+  if (values.length === 0) return null;
+  const codings: string[] = [];
+  for (const element of splitList(values)) {
+    // transfer-coding = token *( OWS ";" OWS transfer-parameter ): parameters are not
+    // defined for chunked, and a coding with parameters is not one we implement.
+    const name = element.split(";")[0].trim();
+    if (!isToken(name)) throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
+    codings.push(element.includes(";") ? `${name.toLowerCase()};` : name.toLowerCase());
+  }
+  return codings;
+}
+
+/**
+ * Decides the body framing of a request (RFC 9112 §6.3, rules 3-6).
+ *
+ * @throws {ParseError} 400 for Transfer-Encoding with Content-Length, in HTTP/1.0,
+ *   or without a single final `chunked`; for an invalid Content-Length.
+ * @throws {NotImplementedError} 501 for any transfer coding other than `chunked`.
+ */
+export function requestFraming(head: RequestHead): Framing {
+  const codings = transferCodings(head.fields);
+  if (codings !== null) {
+    if (head.minor === 0) {
+      // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+      throw new ParseError("Cannot accept Transfer-Encoding in an HTTP/1.0 request", "te-in-http10");
+    }
+    if (getAll(head.fields, "content-length").length > 0) {
+      // RFC 9112 §6.3: CL with TE is a smuggling vector; reject and close.
+      throw new ParseError("Cannot accept both Transfer-Encoding and Content-Length", "te-with-cl");
+    }
+    const last = codings.length - 1;
+    if (last < 0 || codings[last] !== "chunked" || codings.indexOf("chunked") !== last) {
+      throw new ParseError("Cannot determine body length: chunked is not the final transfer coding", "te-not-chunked");
+    }
+    if (last > 0) throw new NotImplementedError("Transfer coding not implemented", "unsupported-transfer-coding");
+    return CHUNKED;
+  }
+  const length = contentLength(head.fields);
+  return length >= 0 ? { kind: "length", length } : NONE;
+}
+
+/**
+ * Decides the body framing of a response to `method` (RFC 9112 §6.3, rules 1-7).
+ * Ambiguous framing is an error (the proxy answers 502 instead).
+ *
+ * @throws {ParseError} for TE with CL, TE in HTTP/1.0, a transfer coding other than
+ *   a single final `chunked`, or an invalid Content-Length.
+ */
+export function responseFraming(head: ResponseHead, method: string): Framing {
+  const status = head.status;
+  if (method === "HEAD" || status < 200 || status === 204 || status === 304) return NONE;
+  const codings = transferCodings(head.fields);
+  if (codings !== null) {
+    if (head.minor === 0) {
+      throw new ParseError("Cannot accept Transfer-Encoding in an HTTP/1.0 response", "te-in-http10");
+    }
+    if (getAll(head.fields, "content-length").length > 0) {
+      throw new ParseError("Cannot accept both Transfer-Encoding and Content-Length", "te-with-cl");
+    }
+    if (codings.length !== 1 || codings[0] !== "chunked") {
+      // Other codings would have to be kept and re-framed for the client; refuse instead.
+      throw new ParseError("Cannot relay a transfer coding other than chunked", "unsupported-transfer-coding");
+    }
+    return CHUNKED;
+  }
+  const length = contentLength(head.fields);
+  return length >= 0 ? { kind: "length", length } : CLOSE;
+}

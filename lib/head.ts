@@ -1,0 +1,329 @@
+/**
+ * Incremental HTTP/1.1 head parser (RFC 9112 §2-§5) for requests, responses
+ * and trailer sections. Pure: no I/O.
+ *
+ * The contract follows picohttpparser: {@link HeadParser.push} consumes what it
+ * can and returns the number of bytes it used. Complete lines are parsed as soon
+ * as they arrive; only an unfinished line is carried over to the next push, so
+ * no byte is ever scanned twice from the start. When `complete` is true, the
+ * bytes of the chunk past the returned count belong to whatever follows the head.
+ *
+ * @module
+ */
+import { FIELD_VALUE, latin1, TARGET, TOKEN } from "./ascii.ts";
+import { HeadTooLargeError, ParseError, UriTooLongError, VersionNotSupportedError } from "./errors.ts";
+import type { Field } from "./fields.ts";
+
+/** Size limits for one head. */
+export interface HeadLimits {
+  /** Longest request line or status line, in bytes (default 8192; over it: 414). */
+  maxRequestLineBytes: number;
+  /** Longest head (start line and all field lines), in bytes (default 65536; over it: 431). */
+  maxHeadBytes: number;
+  /** Most field lines in one head or trailer section (default 100; over it: 431). */
+  maxFields: number;
+}
+
+/** Default head limits. */
+export const DEFAULT_HEAD_LIMITS: Readonly<HeadLimits> = Object.freeze({
+  maxRequestLineBytes: 8192,
+  maxHeadBytes: 65536,
+  maxFields: 100,
+});
+
+/** A parsed request head. */
+export interface RequestHead {
+  /** The method token, case preserved (RFC 9110 §9.1: methods are case-sensitive). */
+  method: string;
+  /** The request-target as received, byte for byte (as latin-1). */
+  target: string;
+  /** The minor HTTP version: 0 or 1 (a higher 1.x is treated as 1.1, RFC 9110 §2.5). */
+  minor: number;
+  /** Field lines in order, as received. */
+  fields: Field[];
+}
+
+/** A parsed response head. */
+export interface ResponseHead {
+  /** The minor HTTP version of the sender: 0 or 1 (higher 1.x read as 1). */
+  minor: number;
+  /** The three-digit status code. */
+  status: number;
+  /** The reason phrase (may be empty). */
+  reason: string;
+  /** Field lines in order (obs-fold replaced by SP, RFC 9112 §5.2). */
+  fields: Field[];
+}
+
+/** Which kind of head a {@link HeadParser} reads. */
+export type HeadKind = "request" | "response" | "trailer";
+
+const CR = 13;
+const LF = 10;
+const SP = 32;
+const HTAB = 9;
+const COLON = 58;
+/** RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line. */
+const MAX_LEADING_EMPTY_LINES = 8;
+
+/** Incremental parser for one head. Create a new one per message. */
+export class HeadParser {
+  /** Fields parsed so far, in order. */
+  readonly fields: Field[] = [];
+  /** True once the empty line that ends the head has been consumed. */
+  complete = false;
+  /** Request line parts (kind "request"). */
+  method = "";
+  /** Request target (kind "request"). */
+  target = "";
+  /** Minor version (kinds "request" and "response"). */
+  minor = 1;
+  /** Status code (kind "response"). */
+  status = 0;
+  /** Reason phrase (kind "response"). */
+  reason = "";
+  /** Total bytes consumed into this head so far. */
+  bytesConsumed = 0;
+
+  readonly #kind: HeadKind;
+  readonly #limits: HeadLimits;
+  #startLineDone: boolean;
+  #leadingEmpty = 0;
+  #carry: Uint8Array | null = null;
+  #carryLength = 0;
+
+  /** Creates a parser for one request, response or trailer section. */
+  constructor(kind: HeadKind, limits: HeadLimits = DEFAULT_HEAD_LIMITS) {
+    this.#kind = kind;
+    this.#limits = limits;
+    this.#startLineDone = kind === "trailer";
+  }
+
+  /** Whether any byte of this head has been received. */
+  get started(): boolean {
+    return this.bytesConsumed > 0 || this.#carryLength > 0;
+  }
+
+  /**
+   * Feeds bytes. Returns how many were consumed: all of them while the head is
+   * incomplete, or the count up to and including the final empty line.
+   *
+   * @throws {ParseError} on malformed syntax (RFC 9112).
+   * @throws {UriTooLongError} when the start line exceeds its limit.
+   * @throws {HeadTooLargeError} when the head exceeds its byte or field limit.
+   * @throws {VersionNotSupportedError} for an HTTP major version other than 1.
+   */
+  push(chunk: Uint8Array): number {
+    let pos = 0;
+    while (pos < chunk.length) {
+      const lf = chunk.indexOf(LF, pos);
+      if (lf === -1) {
+        this.#append(chunk, pos, chunk.length);
+        this.#checkPartial();
+        return chunk.length;
+      }
+      let line: Uint8Array;
+      if (this.#carryLength > 0) {
+        this.#append(chunk, pos, lf);
+        line = this.#carry!.subarray(0, this.#carryLength);
+        this.#carryLength = 0;
+      } else {
+        line = chunk.subarray(pos, lf);
+      }
+      pos = lf + 1;
+      this.bytesConsumed += line.length + 1;
+      if (this.bytesConsumed > this.#limits.maxHeadBytes) throw this.#tooLarge();
+      // RFC 9112 §2.2: a bare LF line terminator is only a MAY; refuse it (smuggling vector).
+      if (line.length === 0 || line[line.length - 1] !== CR) {
+        throw new ParseError("Cannot parse head: line not terminated by CRLF", "bare-lf");
+      }
+      this.#line(line, line.length - 1);
+      if (this.complete) {
+        this.#carry = null;
+        return pos;
+      }
+    }
+    return pos;
+  }
+
+  /** Returns the parsed request head (kind "request", once complete). */
+  requestHead(): RequestHead {
+    return { method: this.method, target: this.target, minor: this.minor, fields: this.fields };
+  }
+
+  /** Returns the parsed response head (kind "response", once complete). */
+  responseHead(): ResponseHead {
+    return { minor: this.minor, status: this.status, reason: this.reason, fields: this.fields };
+  }
+
+  #append(chunk: Uint8Array, from: number, to: number): void {
+    const n = to - from;
+    if (n === 0) return;
+    const need = this.#carryLength + n;
+    if (this.#carry === null || this.#carry.length < need) {
+      // Bounded: #checkPartial throws before a line outgrows the head limit.
+      const grown = new Uint8Array(Math.max(256, need * 2));
+      if (this.#carry !== null) grown.set(this.#carry.subarray(0, this.#carryLength));
+      this.#carry = grown;
+    }
+    this.#carry.set(chunk.subarray(from, to), this.#carryLength);
+    this.#carryLength = need;
+  }
+
+  #checkPartial(): void {
+    if (!this.#startLineDone && this.#carryLength > this.#limits.maxRequestLineBytes + 1) {
+      throw this.#kind === "request"
+        ? new UriTooLongError()
+        : new ParseError("Cannot parse status line: too long", "status-line-too-long");
+    }
+    if (this.bytesConsumed + this.#carryLength > this.#limits.maxHeadBytes) {
+      throw this.#tooLarge();
+    }
+  }
+
+  #tooLarge(): Error {
+    if (!this.#startLineDone && this.#kind === "request") return new UriTooLongError();
+    return new HeadTooLargeError(
+      this.#kind === "trailer" ? "Trailer section too large" : "Header section too large",
+    );
+  }
+
+  /** Handles one line; `end` is the index of its CR. */
+  #line(line: Uint8Array, end: number): void {
+    if (!this.#startLineDone) {
+      if (end === 0 && this.#kind === "request") {
+        if (++this.#leadingEmpty > MAX_LEADING_EMPTY_LINES) {
+          throw new ParseError("Cannot parse request: too many empty lines", "leading-empty-lines");
+        }
+        this.bytesConsumed -= 2; // leading empty lines do not count towards the head
+        return;
+      }
+      if (end > this.#limits.maxRequestLineBytes) {
+        throw this.#kind === "request"
+          ? new UriTooLongError()
+          : new ParseError("Cannot parse status line: too long", "status-line-too-long");
+      }
+      if (this.#kind === "request") this.#requestLine(line, end);
+      else this.#statusLine(line, end);
+      this.#startLineDone = true;
+      return;
+    }
+    if (end === 0) {
+      this.complete = true;
+      return;
+    }
+    const first = line[0];
+    if (first === SP || first === HTAB) {
+      this.#obsFold(line, end);
+      return;
+    }
+    this.#fieldLine(line, end);
+  }
+
+  #requestLine(line: Uint8Array, end: number): void {
+    // request-line = method SP request-target SP HTTP-version (RFC 9112 §3)
+    let i = 0;
+    while (i < end && TOKEN[line[i]] === 1) i++;
+    if (i === 0 || i === end || line[i] !== SP) {
+      throw new ParseError("Cannot parse request line: invalid method", "invalid-method");
+    }
+    this.method = latin1(line, 0, i);
+    const targetStart = ++i;
+    while (i < end && TARGET[line[i]] === 1) i++;
+    if (i === targetStart || i === end || line[i] !== SP) {
+      throw new ParseError(
+        i === end
+          ? "Cannot parse request line: missing HTTP version"
+          : "Cannot parse request line: invalid request target",
+        i === end ? "missing-version" : "invalid-target",
+      );
+    }
+    this.target = latin1(line, targetStart, i);
+    this.minor = parseVersion(line, i + 1, end, "request");
+  }
+
+  #statusLine(line: Uint8Array, end: number): void {
+    // status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4)
+    if (end < 12 || line[8] !== SP) {
+      throw new ParseError("Cannot parse status line", "invalid-status-line");
+    }
+    this.minor = parseVersion(line, 0, 8, "response");
+    let status = 0;
+    for (let i = 9; i < 12; i++) {
+      const d = line[i] - 0x30;
+      if (d < 0 || d > 9) throw new ParseError("Cannot parse status line: invalid status code", "invalid-status");
+      status = status * 10 + d;
+    }
+    if (status < 100 || status > 599) {
+      throw new ParseError("Cannot parse status line: status code out of range", "invalid-status");
+    }
+    this.status = status;
+    if (end === 12) return; // tolerated: no SP after the status code
+    if (line[12] !== SP) throw new ParseError("Cannot parse status line: invalid status code", "invalid-status");
+    for (let i = 13; i < end; i++) {
+      if (FIELD_VALUE[line[i]] === 0) {
+        throw new ParseError("Cannot parse status line: invalid reason phrase", "invalid-reason");
+      }
+    }
+    this.reason = latin1(line, 13, end);
+  }
+
+  #fieldLine(line: Uint8Array, end: number): void {
+    // field-line = field-name ":" OWS field-value OWS (RFC 9112 §5)
+    let i = 0;
+    while (i < end && TOKEN[line[i]] === 1) i++;
+    if (i === 0 || i === end || line[i] !== COLON) {
+      // RFC 9112 §5.1: no whitespace is allowed between the field name and colon.
+      throw new ParseError("Cannot parse field line: invalid field name", "invalid-field-name");
+    }
+    if (this.fields.length >= this.#limits.maxFields) throw this.#tooLarge();
+    const name = latin1(line, 0, i);
+    this.fields.push([name, this.#value(line, i + 1, end)]);
+  }
+
+  #obsFold(line: Uint8Array, end: number): void {
+    // RFC 9112 §5.2: obs-fold. A server MUST reject it in a request; a proxy
+    // MUST replace it by SP in a response. Whitespace before the first field
+    // line is rejected (RFC 9112 §2.2).
+    if (this.#kind !== "response" || this.fields.length === 0) {
+      throw new ParseError("Cannot parse field line: obsolete line folding", "obs-fold");
+    }
+    const more = this.#value(line, 0, end);
+    const last = this.fields[this.fields.length - 1];
+    if (more) last[1] = last[1] ? `${last[1]} ${more}` : more;
+  }
+
+  #value(line: Uint8Array, from: number, end: number): string {
+    let start = from;
+    while (start < end && (line[start] === SP || line[start] === HTAB)) start++;
+    let stop = end;
+    while (stop > start && (line[stop - 1] === SP || line[stop - 1] === HTAB)) stop--;
+    for (let i = start; i < stop; i++) {
+      if (FIELD_VALUE[line[i]] === 0) {
+        throw new ParseError("Cannot parse field line: invalid character in value", "invalid-field-value");
+      }
+    }
+    return latin1(line, start, stop);
+  }
+}
+
+/** Parses `HTTP/d.d` at line[from..to) and returns the minor version (0 or 1). */
+function parseVersion(line: Uint8Array, from: number, to: number, kind: HeadKind): number {
+  if (
+    to - from !== 8 || line[from] !== 0x48 || line[from + 1] !== 0x54 || line[from + 2] !== 0x54 ||
+    line[from + 3] !== 0x50 || line[from + 4] !== 0x2f || line[from + 6] !== 0x2e
+  ) {
+    throw new ParseError(`Cannot parse ${kind}: invalid HTTP version`, "invalid-version");
+  }
+  const major = line[from + 5] - 0x30;
+  const minor = line[from + 7] - 0x30;
+  if (major < 0 || major > 9 || minor < 0 || minor > 9) {
+    throw new ParseError(`Cannot parse ${kind}: invalid HTTP version`, "invalid-version");
+  }
+  if (major !== 1) {
+    if (kind === "request") throw new VersionNotSupportedError();
+    throw new ParseError("Cannot parse response: unsupported HTTP version", "invalid-version");
+  }
+  // RFC 9110 §2.5: a higher minor version is processed as the highest we implement.
+  return minor === 0 ? 0 : 1;
+}

@@ -1,0 +1,93 @@
+/**
+ * Proxy options, their defaults, and parsing of durations such as `10s`.
+ *
+ * @module
+ */
+import type { Logger } from "./log.ts";
+
+/** Options for starting a proxy. Every field is optional; defaults in brackets. */
+export interface ProxyOptions {
+  /** Address to listen on [`127.0.0.1`]. */
+  hostname?: string;
+  /** Port to listen on; 0 picks a free port [3128]. */
+  port?: number;
+  /** Pseudonym written in `Via` and used to detect forwarding loops [`waypost`]. */
+  via?: string;
+  /** Upstream connect timeout in ms; over it: 504 [10000]. */
+  connectTimeoutMs?: number;
+  /** Wait for the origin's response head in ms; over it: 504 [60000]. */
+  responseTimeoutMs?: number;
+  /** Time to receive a whole request head, from connect or first byte, in ms [30000]. */
+  headerTimeoutMs?: number;
+  /** Keep-alive idle time between requests on a client connection, in ms [60000]. */
+  idleTimeoutMs?: number;
+  /** Longest request line in bytes; over it: 414 [8192]. */
+  maxRequestLineBytes?: number;
+  /** Longest request head in bytes; over it: 431 [65536]. */
+  maxHeadBytes?: number;
+  /** Most header fields in a head; over it: 431 [100]. */
+  maxFields?: number;
+  /** Ports CONNECT may reach; `"*"` allows all [[443]]. */
+  connectPorts?: readonly number[] | "*";
+  /** Close a CONNECT tunnel with no bytes either way for this long, in ms; 0 = never [0]. */
+  tunnelIdleTimeoutMs?: number;
+  /** Idle upstream keep-alive connections kept per origin [16]. */
+  maxIdlePerOrigin?: number;
+  /** How long an idle upstream connection is kept, in ms [30000]. */
+  upstreamIdleTimeoutMs?: number;
+  /** Where log records go [a logger that prints warnings and errors to stderr]. */
+  logger?: Logger;
+  /** Aborting this signal starts a graceful shutdown. */
+  signal?: AbortSignal;
+}
+
+/** Options with every default filled in. */
+export type ResolvedOptions = Required<Omit<ProxyOptions, "signal" | "logger">> & {
+  signal?: AbortSignal;
+  logger?: Logger;
+};
+
+/** The defaults, as documented on {@link ProxyOptions}. */
+export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger">> = Object.freeze({
+  hostname: "127.0.0.1",
+  port: 3128,
+  via: "waypost",
+  connectTimeoutMs: 10_000,
+  responseTimeoutMs: 60_000,
+  headerTimeoutMs: 30_000,
+  idleTimeoutMs: 60_000,
+  maxRequestLineBytes: 8192,
+  maxHeadBytes: 65536,
+  maxFields: 100,
+  connectPorts: Object.freeze([443]),
+  tunnelIdleTimeoutMs: 0,
+  maxIdlePerOrigin: 16,
+  upstreamIdleTimeoutMs: 30_000,
+});
+
+/** Fills in defaults and validates values. */
+export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
+  const out = { ...DEFAULTS } as ResolvedOptions;
+  for (const [key, value] of Object.entries(options)) {
+    if (value !== undefined) (out as unknown as Record<string, unknown>)[key] = value;
+  }
+  if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(out.via)) {
+    throw new TypeError("Invalid option via: must be a token (letters, digits, -._~ ...)");
+  }
+  return out;
+}
+
+const DURATION = /^([0-9]{1,9})(ms|s|m|h)?$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * Parses a duration such as `500ms`, `10s`, `2m` or `1h` (a bare number means
+ * seconds). Returns milliseconds, or NaN when the text is not a duration.
+ */
+export function parseDuration(text: string): number {
+  const m = DURATION.exec(text.trim());
+  if (m === null) return NaN;
+  let n = 0;
+  for (const c of m[1]) n = n * 10 + (c.charCodeAt(0) - 48);
+  return n * UNIT_MS[m[2] ?? "s"];
+}

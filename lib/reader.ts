@@ -1,0 +1,196 @@
+/**
+ * A buffered pull reader over a connection, and body readers that stop
+ * exactly at the message boundary. Reads use `conn.read()` (never
+ * `conn.readable`), so a peer's FIN leaves our write side open (half-close).
+ *
+ * @module
+ */
+import { ChunkedDecoder, type ChunkedLimits } from "./chunked.ts";
+import { PrematureEofError } from "./errors.ts";
+import type { Framing } from "./framing.ts";
+import type { HeadParser } from "./head.ts";
+
+/** The part of `Deno.Conn` the reader needs. */
+export interface Readable {
+  read(p: Uint8Array): Promise<number | null>;
+}
+
+/**
+ * Pull reader with one reusable buffer. A chunk returned by {@link next} is a
+ * view into that buffer and stays valid until the next call; {@link unread}
+ * gives back the tail of the last chunk so the next call returns it again.
+ */
+export class ConnReader {
+  readonly #conn: Readable;
+  readonly #size: number;
+  #buf: Uint8Array | null = null;
+  #start = 0;
+  #end = 0;
+  #last: Uint8Array | null = null;
+  /** True once the peer has closed its sending side (or reset). */
+  eof = false;
+
+  /** Wraps a connection; `bufferSize` is allocated on first read. */
+  constructor(conn: Readable, bufferSize = 65536) {
+    this.#conn = conn;
+    this.#size = bufferSize;
+  }
+
+  /** Bytes buffered and not yet consumed. */
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /** Returns the next bytes (buffered first, else one read), or null at EOF. */
+  async next(): Promise<Uint8Array | null> {
+    if (this.#end > this.#start) {
+      const chunk = this.#buf!.subarray(this.#start, this.#end);
+      this.#start = this.#end;
+      this.#last = chunk;
+      return chunk;
+    }
+    if (this.eof) return null;
+    this.#buf ??= new Uint8Array(this.#size);
+    const n = await this.#conn.read(this.#buf);
+    if (n === null) {
+      this.eof = true;
+      this.#last = null;
+      return null;
+    }
+    this.#start = this.#end = n;
+    const chunk = this.#buf.subarray(0, n);
+    this.#last = chunk;
+    return chunk;
+  }
+
+  /** Gives back the last `count` bytes of the chunk last returned by {@link next}. */
+  unread(count: number): void {
+    if (count <= 0) return;
+    if (this.#last === null || count > this.#last.length) throw new RangeError("Cannot unread more than was read");
+    this.#start -= count;
+    this.#last = null;
+  }
+
+  /** Releases the buffer while idle (a new one is allocated on the next read). */
+  release(): void {
+    if (this.#end === this.#start) {
+      this.#buf = null;
+      this.#start = this.#end = 0;
+    }
+  }
+
+  /**
+   * Feeds bytes to `parser` until its head is complete; unreads what follows.
+   * Returns false if the peer closed before sending any byte of the head.
+   *
+   * @throws {PrematureEofError} when the peer closes mid-head.
+   */
+  async readHead(parser: HeadParser): Promise<boolean> {
+    while (true) {
+      const chunk = await this.next();
+      if (chunk === null) {
+        if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
+        return false;
+      }
+      const used = parser.push(chunk);
+      if (parser.complete) {
+        this.unread(chunk.length - used);
+        return true;
+      }
+    }
+  }
+}
+
+/** A body being read: `next()` returns data views, or null at the body's end. */
+export interface BodyReader {
+  /** The next piece of body data (valid until the next call), or null when complete. */
+  next(): Promise<Uint8Array | null>;
+  /** True when the body has been read to its end. */
+  readonly done: boolean;
+  /** Trailer fields of a chunked body (after `done`). */
+  readonly trailers: readonly [string, string][];
+}
+
+const NO_TRAILERS: readonly [string, string][] = Object.freeze([]) as readonly [string, string][];
+
+class EmptyBody implements BodyReader {
+  readonly done = true;
+  readonly trailers = NO_TRAILERS;
+  next(): Promise<Uint8Array | null> {
+    return Promise.resolve(null);
+  }
+}
+
+class LengthBody implements BodyReader {
+  readonly trailers = NO_TRAILERS;
+  #remaining: number;
+  constructor(readonly reader: ConnReader, length: number) {
+    this.#remaining = length;
+  }
+  get done(): boolean {
+    return this.#remaining === 0;
+  }
+  async next(): Promise<Uint8Array | null> {
+    if (this.#remaining === 0) return null;
+    const chunk = await this.reader.next();
+    if (chunk === null) throw new PrematureEofError("Connection closed before the body was complete");
+    if (chunk.length > this.#remaining) {
+      this.reader.unread(chunk.length - this.#remaining);
+      const piece = chunk.subarray(0, this.#remaining);
+      this.#remaining = 0;
+      return piece;
+    }
+    this.#remaining -= chunk.length;
+    return chunk;
+  }
+}
+
+class ChunkedBody implements BodyReader {
+  readonly #decoder: ChunkedDecoder;
+  constructor(readonly reader: ConnReader, limits?: ChunkedLimits) {
+    this.#decoder = new ChunkedDecoder(limits);
+  }
+  get done(): boolean {
+    return this.#decoder.done;
+  }
+  get trailers(): readonly [string, string][] {
+    return this.#decoder.trailers;
+  }
+  async next(): Promise<Uint8Array | null> {
+    const dec = this.#decoder;
+    while (!dec.done) {
+      const chunk = await this.reader.next();
+      if (chunk === null) throw new PrematureEofError("Connection closed before the chunked body was complete");
+      const used = dec.step(chunk);
+      this.reader.unread(chunk.length - used);
+      if (dec.data !== null && dec.data.length > 0) return dec.data;
+    }
+    return null;
+  }
+}
+
+class CloseDelimitedBody implements BodyReader {
+  readonly trailers = NO_TRAILERS;
+  done = false;
+  constructor(readonly reader: ConnReader) {}
+  async next(): Promise<Uint8Array | null> {
+    if (this.done) return null;
+    const chunk = await this.reader.next();
+    if (chunk === null) this.done = true;
+    return chunk;
+  }
+}
+
+/** The body reader for a framing, reading from `reader`. */
+export function bodyReader(reader: ConnReader, framing: Framing, limits?: ChunkedLimits): BodyReader {
+  switch (framing.kind) {
+    case "none":
+      return new EmptyBody();
+    case "length":
+      return framing.length === 0 ? new EmptyBody() : new LengthBody(reader, framing.length);
+    case "chunked":
+      return new ChunkedBody(reader, limits);
+    case "close":
+      return new CloseDelimitedBody(reader);
+  }
+}

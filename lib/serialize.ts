@@ -1,0 +1,69 @@
+/**
+ * Head serialization (RFC 9112 §2.1). Pure: no I/O.
+ *
+ * @module
+ */
+import type { Field } from "./fields.ts";
+
+/**
+ * Serializes a start line and field lines into head bytes, ending with the
+ * empty line. Field names and values are written exactly as given (latin-1).
+ */
+export function serializeHead(startLine: string, fields: readonly Field[]): Uint8Array {
+  let size = startLine.length + 4;
+  for (const f of fields) size += f[0].length + f[1].length + 4;
+  const out = new Uint8Array(size);
+  let p = put(out, 0, startLine);
+  out[p++] = 13;
+  out[p++] = 10;
+  for (const f of fields) {
+    p = put(out, p, f[0]);
+    out[p++] = 58;
+    out[p++] = 32;
+    p = put(out, p, f[1]);
+    out[p++] = 13;
+    out[p++] = 10;
+  }
+  out[p++] = 13;
+  out[p++] = 10;
+  return out;
+}
+
+function put(out: Uint8Array, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
+  return at + text.length;
+}
+
+/** Reason phrases for the statuses the proxy itself generates. */
+export const REASON: Readonly<Record<number, string>> = Object.freeze({
+  100: "Continue",
+  200: "OK",
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  413: "Content Too Large",
+  414: "URI Too Long",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
+  508: "Loop Detected",
+});
+
+let cachedSecond = -1;
+let cachedDate = "";
+
+/** The current time as an IMF-fixdate (RFC 9110 §5.6.7), cached per second. */
+export function httpDate(now = Date.now()): string {
+  const second = Math.floor(now / 1000);
+  if (second !== cachedSecond) {
+    cachedSecond = second;
+    cachedDate = new Date(second * 1000).toUTCString();
+  }
+  return cachedDate;
+}

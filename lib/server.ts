@@ -1,0 +1,240 @@
+/**
+ * The only module that listens: the accept loop, one session per client
+ * connection (keep-alive, pipelining in order, head timeouts), and graceful
+ * shutdown.
+ *
+ * @module
+ */
+import { PrematureEofError, ProxyError } from "./errors.ts";
+import { type ClientSide, describe, type ExchangeContext, handleRequest } from "./forward.ts";
+import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
+import { consoleLogger, type Logger } from "./log.ts";
+import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
+import { ConnReader } from "./reader.ts";
+import { errorResponse } from "./respond.ts";
+import { closeQuietly, UpstreamPool } from "./upstream.ts";
+import { writeAll } from "./writer.ts";
+
+/** A running proxy. */
+export interface ProxyHandle {
+  /** The address the proxy listens on (with the real port when 0 was asked). */
+  readonly addr: Deno.NetAddr;
+  /** Settles when the proxy has stopped and every connection is closed. */
+  readonly finished: Promise<void>;
+  /**
+   * Stops accepting, lets in-flight exchanges finish for up to `graceMs`
+   * (default 10000), then closes whatever is left. Resolves when stopped.
+   */
+  shutdown(graceMs?: number): Promise<void>;
+  /** Number of open client connections. */
+  readonly connections: number;
+}
+
+interface Session extends ClientSide {
+  busy: boolean;
+  done: Promise<void>;
+}
+
+const TIMEOUT = Symbol("timeout");
+
+/** Starts a proxy listening on `options.hostname:options.port`. */
+export function startProxy(options: ProxyOptions = {}): ProxyHandle {
+  const opts: ResolvedOptions = resolveOptions(options);
+  const logger: Logger = opts.logger ?? consoleLogger("warn");
+  const listener = Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp" });
+  const limits: HeadLimits = {
+    maxRequestLineBytes: opts.maxRequestLineBytes,
+    maxHeadBytes: opts.maxHeadBytes,
+    maxFields: opts.maxFields,
+  };
+  const pool = new UpstreamPool({
+    connectTimeoutMs: opts.connectTimeoutMs,
+    maxIdlePerOrigin: opts.maxIdlePerOrigin,
+    maxIdle: 1024,
+    idleTimeoutMs: opts.upstreamIdleTimeoutMs,
+    bufferBytes: 65536,
+  });
+  const sessions = new Set<Session>();
+  const ctx: ExchangeContext & { stopping: boolean } = { options: opts, limits, pool, logger, stopping: false };
+
+  const acceptLoop = (async () => {
+    try {
+      for await (const conn of listener) {
+        const session = newSession(conn);
+        sessions.add(session);
+        session.done.finally(() => sessions.delete(session));
+      }
+    } catch (error) {
+      // The listener was closed by shutdown(): accept fails with BadResource.
+      if (!(error instanceof Deno.errors.BadResource) && !ctx.stopping) throw error;
+    }
+  })();
+
+  function newSession(conn: Deno.TcpConn): Session {
+    const session = {
+      conn,
+      reader: new ConnReader(conn, 65536),
+      finalHeadSent: false,
+      upstream: null,
+      busy: false,
+      done: Promise.resolve(),
+    } as Session;
+    session.done = serveClient(session).catch((error) => {
+      logger.log("error", "session-crashed", { error: describe(error) });
+    }).finally(() => closeQuietly(conn));
+    return session;
+  }
+
+  async function serveClient(s: Session): Promise<void> {
+    let first = true;
+    while (!ctx.stopping) {
+      let head: RequestHead | null;
+      try {
+        head = await readRequestHead(s, first);
+      } catch (error) {
+        if (error === TIMEOUT) return;
+        await answerError(s, error);
+        return;
+      }
+      if (head === null) return;
+      first = false;
+      s.busy = true;
+      s.finalHeadSent = false;
+      try {
+        const again = await handleRequest(ctx, s, head);
+        if (!again) return;
+      } catch (error) {
+        await answerError(s, error);
+        return;
+      } finally {
+        s.busy = false;
+      }
+    }
+  }
+
+  async function readRequestHead(s: Session, first: boolean): Promise<RequestHead | null> {
+    const parser = new HeadParser("request", limits);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = (ms: number) =>
+      new Promise<typeof TIMEOUT>((resolve) => {
+        clearTimeout(timer);
+        timer = setTimeout(() => resolve(TIMEOUT), ms);
+      });
+    // A fresh connection gets the head timeout; a kept-alive one the idle timeout until its first byte.
+    let deadline = arm(first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
+    let started = false;
+    try {
+      while (true) {
+        const chunk = await Promise.race([s.reader.next(), deadline]);
+        if (chunk === TIMEOUT) {
+          if (started || parser.started) {
+            logger.log("info", "header-timeout", { client: peer(s.conn) });
+            await tryWrite(
+              s,
+              errorResponse(
+                new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" }),
+              ),
+            );
+          }
+          throw TIMEOUT;
+        }
+        if (chunk === null) {
+          if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
+          return null;
+        }
+        if (!started) {
+          started = true;
+          if (!first) deadline = arm(opts.headerTimeoutMs);
+        }
+        const used = parser.push(chunk);
+        if (parser.complete) {
+          s.reader.unread(chunk.length - used);
+          return parser.requestHead();
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function answerError(s: Session, error: unknown): Promise<void> {
+    if (!(error instanceof ProxyError)) {
+      // Socket errors (reset, broken pipe) end the session without a response.
+      if (isSocketError(error)) return;
+      logger.log("error", "internal-error", { error: String(error) });
+    } else if (error instanceof PrematureEofError) {
+      return;
+    } else if (error.status >= 500) {
+      logger.log("info", "upstream-error", { code: error.code });
+    }
+    if (s.finalHeadSent) return;
+    await tryWrite(s, errorResponse(error));
+  }
+
+  async function tryWrite(s: Session, bytes: Uint8Array): Promise<void> {
+    try {
+      await writeAll(s.conn, bytes);
+    } catch {
+      // The client is gone; there is no one left to tell.
+    }
+  }
+
+  let stopPromise: Promise<void> | null = null;
+  const stopped = Promise.withResolvers<void>();
+  const finished = (async () => {
+    await acceptLoop;
+    await stopped.promise;
+  })();
+
+  function shutdown(graceMs = 10_000): Promise<void> {
+    if (stopPromise) return stopPromise;
+    ctx.stopping = true;
+    stopPromise = (async () => {
+      try {
+        listener.close();
+      } catch {
+        // Already closed.
+      }
+      await acceptLoop;
+      // Idle sessions close now; busy ones finish their exchange (they see `stopping`).
+      for (const s of sessions) if (!s.busy) closeQuietly(s.conn);
+      let graceTimer: ReturnType<typeof setTimeout> | undefined;
+      const grace = new Promise<void>((resolve) => graceTimer = setTimeout(resolve, graceMs));
+      await Promise.race([Promise.all([...sessions].map((s) => s.done)), grace]);
+      clearTimeout(graceTimer);
+      for (const s of sessions) {
+        closeQuietly(s.conn);
+        if (s.upstream) closeQuietly(s.upstream);
+      }
+      await Promise.all([...sessions].map((s) => s.done));
+      pool.close();
+      stopped.resolve();
+    })();
+    return stopPromise;
+  }
+
+  opts.signal?.addEventListener("abort", () => shutdown(), { once: true });
+
+  return {
+    addr: listener.addr as Deno.NetAddr,
+    finished,
+    shutdown,
+    get connections() {
+      return sessions.size;
+    },
+  };
+}
+
+function peer(conn: Deno.Conn): string {
+  const a = conn.remoteAddr as Deno.NetAddr;
+  return `${a.hostname}:${a.port}`;
+}
+
+function isSocketError(error: unknown): boolean {
+  return error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.NotConnected;
+}

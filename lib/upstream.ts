@@ -1,0 +1,174 @@
+/**
+ * The only module that opens connections to origins: `Deno.connect` with a
+ * timeout, error classification (DESIGN.md outcome table), and a pool of idle
+ * keep-alive connections reused across clients.
+ *
+ * @module
+ */
+import { UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import { ConnReader } from "./reader.ts";
+
+/** An open connection to an origin and its reader. */
+export interface UpstreamConn {
+  /** The TCP connection. */
+  readonly conn: Deno.TcpConn;
+  /** Buffered reader over `conn`. */
+  readonly reader: ConnReader;
+  /** Pool key: `host:port`. */
+  readonly key: string;
+  /** Whether this connection came from the pool (it may have gone stale). */
+  reused: boolean;
+}
+
+/** Pool settings. */
+export interface PoolOptions {
+  /** Upstream connect timeout in milliseconds. */
+  connectTimeoutMs: number;
+  /** Idle connections kept per origin. */
+  maxIdlePerOrigin: number;
+  /** Idle connections kept in total. */
+  maxIdle: number;
+  /** How long an idle connection is kept, in milliseconds. */
+  idleTimeoutMs: number;
+  /** Read buffer size for upstream connections. */
+  bufferBytes: number;
+}
+
+interface Idle {
+  up: UpstreamConn;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * Opens a TCP connection, classifying failures: refused or unresolvable → 502
+ * ({@link UpstreamError}), no connection within `timeoutMs` → 504
+ * ({@link UpstreamTimeoutError}).
+ */
+export async function connectUpstream(hostname: string, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    return await Deno.connect({ hostname, port, signal: abort.signal });
+  } catch (error) {
+    throw classifyConnectError(error, abort.signal.aborted);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Maps a `Deno.connect` failure to a proxy error (DESIGN.md platform fact 5). */
+export function classifyConnectError(error: unknown, timedOut: boolean): UpstreamError | UpstreamTimeoutError {
+  if (timedOut) return new UpstreamTimeoutError("Timed out connecting to the origin", "upstream-connect-timeout");
+  if (error instanceof Deno.errors.ConnectionRefused) {
+    return new UpstreamError("The origin refused the connection", "upstream-refused", error);
+  }
+  const message = error instanceof Error ? error.message : "";
+  if (message.startsWith("failed to lookup address")) {
+    return new UpstreamError("Cannot resolve the origin's host name", "upstream-unresolvable", error);
+  }
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    return new UpstreamError("The proxy is not permitted to connect to that origin", "upstream-not-permitted", error);
+  }
+  if (error instanceof Deno.errors.ConnectionReset) {
+    return new UpstreamError("The origin reset the connection", "upstream-reset", error);
+  }
+  return new UpstreamError("Cannot connect to the origin", "upstream-connect-failed", error);
+}
+
+/** Keep-alive connections to origins, reused across client connections. */
+export class UpstreamPool {
+  readonly #options: PoolOptions;
+  readonly #idle = new Map<string, Idle[]>();
+  #idleCount = 0;
+  #closed = false;
+
+  /** Creates an empty pool. */
+  constructor(options: PoolOptions) {
+    this.#options = options;
+  }
+
+  /** Number of idle connections held. */
+  get idleCount(): number {
+    return this.#idleCount;
+  }
+
+  /** Takes an idle connection to `hostname:port`, or opens a new one. */
+  async acquire(hostname: string, port: number, fresh = false): Promise<UpstreamConn> {
+    const key = `${hostname}:${port}`;
+    if (!fresh) {
+      const list = this.#idle.get(key);
+      const idle = list?.pop();
+      if (idle !== undefined) {
+        if (list!.length === 0) this.#idle.delete(key);
+        this.#idleCount--;
+        clearTimeout(idle.timer);
+        idle.up.reused = true;
+        return idle.up;
+      }
+    }
+    const conn = await connectUpstream(hostname, port, this.#options.connectTimeoutMs);
+    return { conn, reader: new ConnReader(conn, this.#options.bufferBytes), key, reused: false };
+  }
+
+  /** Returns a connection whose last exchange completed cleanly. */
+  release(up: UpstreamConn): void {
+    const o = this.#options;
+    if (this.#closed || up.reader.buffered > 0 || up.reader.eof || o.maxIdlePerOrigin <= 0) {
+      closeQuietly(up.conn);
+      return;
+    }
+    let list = this.#idle.get(up.key);
+    if (list === undefined) this.#idle.set(up.key, list = []);
+    if (list.length >= o.maxIdlePerOrigin || this.#idleCount >= o.maxIdle) {
+      const oldest = list.length > 0 ? list.shift()! : null;
+      if (oldest !== null) {
+        this.#idleCount--;
+        clearTimeout(oldest.timer);
+        closeQuietly(oldest.up.conn);
+      } else {
+        closeQuietly(up.conn);
+        return;
+      }
+    }
+    up.reader.release();
+    const entry: Idle = {
+      up,
+      timer: setTimeout(() => this.#expire(entry), o.idleTimeoutMs),
+    };
+    Deno.unrefTimer(entry.timer);
+    list.push(entry);
+    this.#idleCount++;
+  }
+
+  /** Closes every idle connection and refuses new ones into the pool. */
+  close(): void {
+    this.#closed = true;
+    for (const list of this.#idle.values()) {
+      for (const idle of list) {
+        clearTimeout(idle.timer);
+        closeQuietly(idle.up.conn);
+      }
+    }
+    this.#idle.clear();
+    this.#idleCount = 0;
+  }
+
+  #expire(entry: Idle): void {
+    const list = this.#idle.get(entry.up.key);
+    const at = list?.indexOf(entry) ?? -1;
+    if (at === -1) return;
+    list!.splice(at, 1);
+    if (list!.length === 0) this.#idle.delete(entry.up.key);
+    this.#idleCount--;
+    closeQuietly(entry.up.conn);
+  }
+}
+
+/** Closes a connection that may already be closed. */
+export function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed (BadResource): nothing left to release.
+  }
+}

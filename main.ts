@@ -1,0 +1,122 @@
+/**
+ * The command-line interface: flags → options → {@link startProxy}; signals
+ * and exit codes. Exit 0 after a graceful stop, 2 for bad flags, 1 when the
+ * proxy cannot start.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import denoJson from "./deno.json" with { type: "json" };
+import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
+import { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
+import { startProxy } from "./lib/server.ts";
+
+const USAGE = `Usage: waypost [options]
+
+A forward HTTP/1.1 proxy. Point clients at it with http_proxy=http://HOST:PORT.
+
+Options:
+  --host HOST                 address to listen on (default ${DEFAULTS.hostname})
+  --port PORT                 port to listen on, 0 picks a free one (default ${DEFAULTS.port})
+  --via NAME                  pseudonym in the Via field, used for loop detection (default ${DEFAULTS.via})
+  --connect-timeout DURATION  upstream connect timeout, then 504 (default 10s)
+  --response-timeout DURATION wait for the origin's response head, then 504 (default 60s)
+  --header-timeout DURATION   time to receive a request head (default 30s)
+  --idle-timeout DURATION     keep-alive idle time between requests (default 60s)
+  --grace DURATION            shutdown grace period for in-flight exchanges (default 10s)
+  --log-level LEVEL           debug, info, warn, error or silent (default info)
+  -h, --help                  print this help and exit
+  -V, --version               print the version and exit
+
+Durations: 500ms, 10s, 2m, 1h (a bare number means seconds).`;
+
+function fail(message: string): never {
+  console.error(`waypost: ${message}`);
+  console.error(USAGE);
+  Deno.exit(2);
+}
+
+function duration(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (Number.isNaN(ms)) fail(`invalid duration for --${flag}: ${JSON.stringify(text)}`);
+  return ms;
+}
+
+function main(args: string[]): void {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        host: { type: "string" },
+        port: { type: "string" },
+        via: { type: "string" },
+        "connect-timeout": { type: "string" },
+        "response-timeout": { type: "string" },
+        "header-timeout": { type: "string" },
+        "idle-timeout": { type: "string" },
+        grace: { type: "string" },
+        "log-level": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+    }));
+  } catch (error) {
+    fail(error instanceof Error ? error.message : String(error));
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (values.version) {
+    console.log(`waypost ${denoJson.version}`);
+    return;
+  }
+  let port: number | undefined;
+  if (values.port !== undefined) {
+    if (!/^[0-9]{1,5}$/.test(values.port) || Number(values.port) > 65535) {
+      fail(`invalid port: ${JSON.stringify(values.port)}`);
+    }
+    port = Number(values.port);
+  }
+  const level = (values["log-level"] ?? "info") as LogLevel;
+  if (!LOG_LEVELS.includes(level)) fail(`invalid log level: ${JSON.stringify(values["log-level"])}`);
+  const graceMs = duration("grace", values.grace) ?? 10_000;
+  const options: ProxyOptions = {
+    hostname: values.host,
+    port,
+    via: values.via,
+    connectTimeoutMs: duration("connect-timeout", values["connect-timeout"]),
+    responseTimeoutMs: duration("response-timeout", values["response-timeout"]),
+    headerTimeoutMs: duration("header-timeout", values["header-timeout"]),
+    idleTimeoutMs: duration("idle-timeout", values["idle-timeout"]),
+    logger: consoleLogger(level),
+  };
+  if (options.via !== undefined && !/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(options.via)) {
+    fail(`invalid --via: must be a token`);
+  }
+
+  let proxy;
+  try {
+    proxy = startProxy(options);
+  } catch (error) {
+    console.error(`waypost: cannot listen: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(1);
+  }
+  const { hostname, port: bound } = proxy.addr;
+  const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
+  console.log(`waypost listening on http://${shown}:${bound}`);
+
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) Deno.exit(0); // a second signal exits at once
+    proxy.shutdown(graceMs).then(() => Deno.exit(0));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+}
+
+main(Deno.args);

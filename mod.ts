@@ -1,0 +1,41 @@
+/**
+ * waypost: a forward HTTP/1.1 proxy for Deno (RFC 9110, RFC 9112).
+ *
+ * @example
+ * ```ts
+ * import { startProxy } from "./mod.ts";
+ * const proxy = startProxy({ port: 0 });
+ * console.log(`listening on ${proxy.addr.hostname}:${proxy.addr.port}`);
+ * await proxy.shutdown();
+ * ```
+ *
+ * @module
+ */
+export { type ProxyHandle, startProxy } from "./lib/server.ts";
+export { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
+export {
+  ForbiddenError,
+  HeadTooLargeError,
+  LoopDetectedError,
+  NotImplementedError,
+  ParseError,
+  PrematureEofError,
+  ProxyError,
+  type ProxyErrorOptions,
+  UpstreamError,
+  UpstreamTimeoutError,
+  UriTooLongError,
+  VersionNotSupportedError,
+} from "./lib/errors.ts";
+export {
+  DEFAULT_HEAD_LIMITS,
+  type HeadKind,
+  type HeadLimits,
+  HeadParser,
+  type RequestHead,
+  type ResponseHead,
+} from "./lib/head.ts";
+export { ChunkedDecoder, type ChunkedLimits, DEFAULT_CHUNKED_LIMITS } from "./lib/chunked.ts";
+export { contentLength, type Framing, requestFraming, responseFraming } from "./lib/framing.ts";
+export { type Field, stripHopByHop } from "./lib/fields.ts";
+export { consoleLogger, type Logger, type LogLevel, silentLogger } from "./lib/log.ts";
