@@ -24,6 +24,8 @@ Options:
   --header-timeout DURATION   time to receive a request head (default 30s)
   --idle-timeout DURATION     keep-alive idle time between requests (default 60s)
   --grace DURATION            shutdown grace period for in-flight exchanges (default 10s)
+  --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default 443)
+  --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default 0)
   --log-level LEVEL           debug, info, warn, error or silent (default info)
   -h, --help                  print this help and exit
   -V, --version               print the version and exit
@@ -59,6 +61,8 @@ function main(args: string[]): void {
         "header-timeout": { type: "string" },
         "idle-timeout": { type: "string" },
         grace: { type: "string" },
+        "connect-ports": { type: "string" },
+        "tunnel-idle-timeout": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
@@ -85,6 +89,19 @@ function main(args: string[]): void {
   const level = (values["log-level"] ?? "info") as LogLevel;
   if (!LOG_LEVELS.includes(level)) fail(`invalid log level: ${JSON.stringify(values["log-level"])}`);
   const graceMs = duration("grace", values.grace) ?? 10_000;
+  let connectPorts: number[] | "*" | undefined;
+  const portsText = values["connect-ports"];
+  if (portsText !== undefined) {
+    if (portsText.trim() === "*") connectPorts = "*";
+    else {
+      connectPorts = portsText.split(",").map((p) => p.trim()).map((p) => {
+        if (!/^[0-9]{1,5}$/.test(p) || Number(p) < 1 || Number(p) > 65535) {
+          fail(`invalid port in --connect-ports: ${JSON.stringify(p)}`);
+        }
+        return Number(p);
+      });
+    }
+  }
   const options: ProxyOptions = {
     hostname: values.host,
     port,
@@ -93,6 +110,8 @@ function main(args: string[]): void {
     responseTimeoutMs: duration("response-timeout", values["response-timeout"]),
     headerTimeoutMs: duration("header-timeout", values["header-timeout"]),
     idleTimeoutMs: duration("idle-timeout", values["idle-timeout"]),
+    connectPorts,
+    tunnelIdleTimeoutMs: duration("tunnel-idle-timeout", values["tunnel-idle-timeout"]),
     logger: consoleLogger(level),
   };
   if (options.via !== undefined && !/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(options.via)) {

@@ -8,6 +8,7 @@
  */
 import { parseDecimal } from "./ascii.ts";
 import {
+  ForbiddenError,
   LoopDetectedError,
   ParseError,
   PrematureEofError,
@@ -20,11 +21,12 @@ import { type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import type { Logger } from "./log.ts";
 import type { ResolvedOptions } from "./options.ts";
-import { type BodyReader, bodyReader, type ConnReader } from "./reader.ts";
+import { type BodyReader, bodyReader, ConnReader } from "./reader.ts";
 import { localResponse } from "./respond.ts";
 import { httpDate, serializeHead } from "./serialize.ts";
-import { parseAbsoluteTarget } from "./target.ts";
-import { closeQuietly, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
+import { parseAbsoluteTarget, parseAuthority } from "./target.ts";
+import { relay, type TunnelStats } from "./tunnel.ts";
+import { closeQuietly, connectUpstream, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
 import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./writer.ts";
 
 /** What an exchange needs from the server. */
@@ -69,9 +71,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   const tokens = connectionTokens(fields);
   const persistent = !ctx.stopping && (head.minor === 1 ? !tokens.has("close") : tokens.has("keep-alive"));
 
-  if (head.method === "CONNECT") {
-    throw new ParseError("CONNECT is not supported yet", "connect-unsupported");
-  }
+  if (head.method === "CONNECT") return await connectTunnel(ctx, client, head);
   const target = head.target;
   if (target === "*") {
     if (head.method !== "OPTIONS") throw new ParseError("Asterisk-form is only valid for OPTIONS", "invalid-target");
@@ -96,8 +96,12 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     if (maxForwards === 0) return answerMaxForwardsZero(client, head, persistent && framing.kind === "none");
   }
 
+  // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
+  // HTTP/1.1 client on a body-less request; otherwise Upgrade is hop-by-hop and dropped.
+  const upgrade = head.minor === 1 && tokens.has("upgrade") && framing.kind === "none" &&
+    getAll(fields, "upgrade").length > 0;
   const out: Field[] = [["Host", dest.authority]];
-  for (const f of stripHopByHop(fields, tokens)) {
+  for (const f of stripHopByHop(fields, tokens, upgrade ? KEEP_UPGRADE : undefined)) {
     const name = f[0].toLowerCase();
     if (name === "host") continue;
     if (name === "max-forwards" && maxForwards > 0) {
@@ -109,6 +113,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     out.push(f);
   }
   out.push(["Via", `1.${head.minor} ${ctx.options.via}`]);
+  if (upgrade) out.push(["Connection", "Upgrade"]);
   if (framing.kind === "length") out.push(["Content-Length", String(framing.length)]);
   else if (framing.kind === "chunked") out.push(["Transfer-Encoding", "chunked"]);
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out);
@@ -120,17 +125,16 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     const up = await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
     client.upstream = up.conn;
     try {
-      const result = await exchange(
-        ctx,
-        client,
-        head,
+      const plan: Plan = {
+        req: head,
         persistent,
         requestHead,
         framing,
         body,
-        up,
-        retryable && up.reused,
-      );
+        upgrade,
+        canRetry: retryable && up.reused,
+      };
+      const result = await exchange(ctx, client, up, plan);
       if (result !== RETRY) return result;
       ctx.logger.log("debug", "upstream-retry", { origin: up.key });
     } finally {
@@ -139,17 +143,30 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   }
 }
 
+/** One attempt at sending a prepared request over one upstream connection. */
+interface Plan {
+  /** The client's request head. */
+  req: RequestHead;
+  /** Whether the client asked to keep its connection. */
+  persistent: boolean;
+  /** The serialized head for the origin. */
+  requestHead: Uint8Array;
+  /** The request body's framing and reader. */
+  framing: Framing;
+  body: BodyReader;
+  /** Whether an upgrade was offered to the origin. */
+  upgrade: boolean;
+  /** Whether a failure before any response byte may be retried on a fresh connection. */
+  canRetry: boolean;
+}
+
 async function exchange(
   ctx: ExchangeContext,
   client: ClientSide,
-  req: RequestHead,
-  persistent: boolean,
-  requestHead: Uint8Array,
-  framing: Framing,
-  body: BodyReader,
   up: UpstreamConn,
-  canRetry: boolean,
+  plan: Plan,
 ): Promise<boolean | typeof RETRY> {
+  const { req, persistent, requestHead, framing, body, upgrade, canRetry } = plan;
   try {
     await writeAll(up.conn, requestHead);
   } catch (error) {
@@ -233,8 +250,11 @@ async function exchange(
       res = parser.responseHead();
       if (res.status >= 200) break;
       if (res.status === 101) {
-        closeQuietly(up.conn);
-        throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
+        if (!upgrade) {
+          closeQuietly(up.conn);
+          throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
+        }
+        break;
       }
       // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
       if (req.minor === 1) {
@@ -252,6 +272,8 @@ async function exchange(
     headSeen = true; // the pump must not start a timer from now on
     clearTimeout(responseTimer);
   }
+
+  if (res.status === 101) return await switchProtocols(ctx, client, res, up);
 
   let resFraming: Framing;
   try {
@@ -343,6 +365,76 @@ async function exchange(
   else closeQuietly(up.conn);
   return !clientClose;
 }
+
+/** Relays a 101 response, then bytes both ways (RFC 9110 §15.2.2). */
+async function switchProtocols(
+  ctx: ExchangeContext,
+  client: ClientSide,
+  res: ResponseHead,
+  up: UpstreamConn,
+): Promise<boolean> {
+  const tokens = connectionTokens(res.fields);
+  const fields = stripHopByHop(res.fields, tokens, KEEP_UPGRADE);
+  fields.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
+  fields.push(["Connection", "Upgrade"]);
+  try {
+    await writeAll(client.conn, serializeHead(`HTTP/1.1 101 ${res.reason}`, fields));
+  } catch (error) {
+    closeQuietly(up.conn);
+    throw error;
+  }
+  client.finalHeadSent = true;
+  const stats = await relay(client, up, { target: up.key, idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs });
+  reportTunnel(ctx, stats, "upgrade");
+  return false;
+}
+
+/**
+ * CONNECT (RFC 9110 §9.3.6): authority-form target, port policy, then a 200 and
+ * a byte relay. Bytes the client sent after the head (early TLS data) are
+ * relayed first, never lost.
+ */
+async function connectTunnel(ctx: ExchangeContext, client: ClientSide, head: RequestHead): Promise<boolean> {
+  const target = head.target;
+  if (target.startsWith("/") || target.includes("/") || target.includes("@") || target === "*") {
+    throw new ParseError("CONNECT needs an authority-form target (host:port)", "invalid-connect-target");
+  }
+  const colon = target.lastIndexOf(":");
+  if (colon === -1 || colon === target.length - 1 || (target.startsWith("[") && colon < target.indexOf("]"))) {
+    throw new ParseError("CONNECT needs an authority-form target with a port (host:port)", "invalid-connect-target");
+  }
+  const { hostname, port } = parseAuthority(target, 0);
+  const ports = ctx.options.connectPorts;
+  if (ports !== "*" && !ports.includes(port)) {
+    throw new ForbiddenError("CONNECT to this port is not allowed by the proxy's policy", "connect-port-denied");
+  }
+  if (viaContains(head.fields, ctx.options.via)) throw new LoopDetectedError();
+  const conn = await connectUpstream(hostname, port, ctx.options.connectTimeoutMs);
+  client.upstream = conn;
+  try {
+    try {
+      await writeAll(client.conn, ESTABLISHED);
+    } catch {
+      closeQuietly(conn);
+      return false;
+    }
+    client.finalHeadSent = true;
+    const origin = { conn, reader: new ConnReader(conn, 65536) };
+    const stats = await relay(client, origin, { target, idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs });
+    reportTunnel(ctx, stats, "connect");
+    return false;
+  } finally {
+    client.upstream = null;
+  }
+}
+
+function reportTunnel(ctx: ExchangeContext, stats: TunnelStats, kind: "connect" | "upgrade"): void {
+  ctx.logger.log("debug", "tunnel-end", { kind, ...stats });
+  ctx.options.onTunnelEnd?.(stats);
+}
+
+const ESTABLISHED = new TextEncoder().encode("HTTP/1.1 200 Connection established\r\n\r\n");
+const KEEP_UPGRADE: ReadonlySet<string> = new Set(["upgrade"]);
 
 /** Trailer fields worth forwarding: drop hop-by-hop and framing fields. */
 function endToEndTrailers(trailers: readonly Field[]): Field[] {

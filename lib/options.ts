@@ -4,6 +4,7 @@
  * @module
  */
 import type { Logger } from "./log.ts";
+import type { TunnelStats } from "./tunnel.ts";
 
 /** Options for starting a proxy. Every field is optional; defaults in brackets. */
 export interface ProxyOptions {
@@ -39,16 +40,19 @@ export interface ProxyOptions {
   logger?: Logger;
   /** Aborting this signal starts a graceful shutdown. */
   signal?: AbortSignal;
+  /** Called when a CONNECT tunnel or upgraded connection ends, with its byte counts and ending. */
+  onTunnelEnd?: (stats: TunnelStats) => void;
 }
 
 /** Options with every default filled in. */
-export type ResolvedOptions = Required<Omit<ProxyOptions, "signal" | "logger">> & {
+export type ResolvedOptions = Required<Omit<ProxyOptions, "signal" | "logger" | "onTunnelEnd">> & {
   signal?: AbortSignal;
   logger?: Logger;
+  onTunnelEnd?: (stats: TunnelStats) => void;
 };
 
 /** The defaults, as documented on {@link ProxyOptions}. */
-export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger">> = Object.freeze({
+export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onTunnelEnd">> = Object.freeze({
   hostname: "127.0.0.1",
   port: 3128,
   via: "waypost",

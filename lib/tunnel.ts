@@ -1,0 +1,120 @@
+/**
+ * Byte relays for CONNECT tunnels (RFC 9110 §9.3.6) and protocol upgrades
+ * (RFC 9110 §7.8). Each direction ends on its own: a FIN from one side becomes
+ * `closeWrite()` (shutdown(SHUT_WR)) on the other while the opposite direction
+ * keeps flowing. A reset or error on either side closes both.
+ *
+ * @module
+ */
+import type { ConnReader } from "./reader.ts";
+import { closeQuietly } from "./upstream.ts";
+import { writeAll } from "./writer.ts";
+
+/** How a tunnel ended. */
+export type TunnelEnd = "closed" | "reset" | "idle-timeout" | "aborted";
+
+/** What a tunnel carried, for logs and the library user. */
+export interface TunnelStats {
+  /** `host:port` of the origin. */
+  target: string;
+  /** Bytes relayed client → origin (including early data). */
+  bytesUp: number;
+  /** Bytes relayed origin → client. */
+  bytesDown: number;
+  /** Milliseconds from the start of the relay to its end. */
+  durationMs: number;
+  /** Which side sent the first FIN, if any. */
+  firstFin: "client" | "origin" | null;
+  /** How the tunnel ended: both FINs (`closed`), an error, the idle timeout, or shutdown. */
+  end: TunnelEnd;
+}
+
+/** One side of a relay. */
+export interface RelaySide {
+  readonly conn: Deno.TcpConn;
+  /** Reader over `conn`; bytes it already buffered are relayed first. */
+  readonly reader: ConnReader;
+}
+
+/** Options for {@link relay}. */
+export interface RelayOptions {
+  /** `host:port` recorded in the stats. */
+  target: string;
+  /** Close the tunnel after this many ms without a byte either way; 0 = never. */
+  idleTimeoutMs: number;
+  /** Aborting ends the tunnel (shutdown). */
+  signal?: AbortSignal;
+}
+
+/** Relays bytes both ways until both directions have ended. */
+export async function relay(client: RelaySide, origin: RelaySide, options: RelayOptions): Promise<TunnelStats> {
+  const started = performance.now();
+  const stats: TunnelStats = {
+    target: options.target,
+    bytesUp: 0,
+    bytesDown: 0,
+    durationMs: 0,
+    firstFin: null,
+    end: "closed",
+  };
+  let failed = false;
+  let lastActivity = started;
+  const closeBoth = (why: TunnelEnd) => {
+    if (!failed) {
+      failed = true;
+      stats.end = why;
+    }
+    closeQuietly(client.conn);
+    closeQuietly(origin.conn);
+  };
+
+  const pump = async (from: RelaySide, to: RelaySide, up: boolean) => {
+    while (true) {
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await from.reader.next();
+      } catch {
+        closeBoth("reset");
+        return;
+      }
+      if (chunk === null) {
+        if (stats.firstFin === null && !failed) stats.firstFin = up ? "client" : "origin";
+        try {
+          await to.conn.closeWrite();
+        } catch {
+          // The other side is already fully closed: nothing to half-close.
+        }
+        return;
+      }
+      lastActivity = performance.now();
+      if (up) stats.bytesUp += chunk.length;
+      else stats.bytesDown += chunk.length;
+      try {
+        await writeAll(to.conn, chunk);
+      } catch {
+        closeBoth("reset");
+        return;
+      }
+    }
+  };
+
+  let idleTimer: ReturnType<typeof setInterval> | undefined;
+  if (options.idleTimeoutMs > 0) {
+    const every = Math.max(10, Math.min(1000, options.idleTimeoutMs / 4));
+    idleTimer = setInterval(() => {
+      if (performance.now() - lastActivity >= options.idleTimeoutMs) closeBoth("idle-timeout");
+    }, every);
+  }
+  const onAbort = () => closeBoth("aborted");
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    await Promise.all([pump(client, origin, true), pump(origin, client, false)]);
+  } finally {
+    clearInterval(idleTimer);
+    options.signal?.removeEventListener("abort", onAbort);
+    closeQuietly(client.conn);
+    closeQuietly(origin.conn);
+  }
+  stats.durationMs = Math.round(performance.now() - started);
+  return stats;
+}
