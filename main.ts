@@ -138,4 +138,5 @@ function main(args: string[]): void {
   Deno.addSignalListener("SIGTERM", onSignal);
 }
 
-main(Deno.args);
+// `deno task start -- --port 1` passes the "--" through; accept it.
+main(Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args);
