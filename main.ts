@@ -23,6 +23,9 @@ Options:
   --response-timeout DURATION wait for the origin's response head, then 504 (default 60s)
   --header-timeout DURATION   time to receive a request head (default 30s)
   --idle-timeout DURATION     keep-alive idle time between requests (default 60s)
+  --body-timeout DURATION     abort an exchange whose body stalls this long (default 2m)
+  --max-connections N         client connections at most, more get 503 (default 4096)
+  --max-connections-per-client N  per client address (default 256)
   --grace DURATION            shutdown grace period for in-flight exchanges (default 10s)
   --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default 443)
   --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default 0)
@@ -45,6 +48,12 @@ function duration(flag: string, text: string | undefined): number | undefined {
   return ms;
 }
 
+function count(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(text) || Number(text) < 1) fail(`invalid number for --${flag}: ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
 function main(args: string[]): void {
   let values;
   try {
@@ -61,6 +70,9 @@ function main(args: string[]): void {
         "header-timeout": { type: "string" },
         "idle-timeout": { type: "string" },
         grace: { type: "string" },
+        "body-timeout": { type: "string" },
+        "max-connections": { type: "string" },
+        "max-connections-per-client": { type: "string" },
         "connect-ports": { type: "string" },
         "tunnel-idle-timeout": { type: "string" },
         "log-level": { type: "string" },
@@ -111,6 +123,9 @@ function main(args: string[]): void {
     headerTimeoutMs: duration("header-timeout", values["header-timeout"]),
     idleTimeoutMs: duration("idle-timeout", values["idle-timeout"]),
     connectPorts,
+    bodyTimeoutMs: duration("body-timeout", values["body-timeout"]),
+    maxConnections: count("max-connections", values["max-connections"]),
+    maxConnectionsPerClient: count("max-connections-per-client", values["max-connections-per-client"]),
     tunnelIdleTimeoutMs: duration("tunnel-idle-timeout", values["tunnel-idle-timeout"]),
     logger: consoleLogger(level),
   };

@@ -47,6 +47,10 @@ export interface ClientSide {
   finalHeadSent: boolean;
   /** The upstream connection in use, so a forced shutdown can close it. */
   upstream: Deno.Conn | null;
+  /** True while a body is streaming either way (the body idle timeout applies). */
+  inBody: boolean;
+  /** `performance.now()` of the last body byte either way. */
+  activity: number;
 }
 
 const RETRY = Symbol("retry");
@@ -187,12 +191,15 @@ async function exchange(
       closeQuietly(up.conn);
     }, ctx.options.responseTimeoutMs);
   };
+  client.inBody = true;
+  client.activity = performance.now();
   const pump = body.done ? null : (async () => {
     const writer: BodyWriter = framing.kind === "chunked" ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
     while (true) {
       let data: Uint8Array | null;
       try {
         data = await body.next();
+        client.activity = performance.now();
       } catch (error) {
         // The request cannot be completed: abort the upstream side too.
         clientError = error;
@@ -331,6 +338,7 @@ async function exchange(
     let data: Uint8Array | null;
     try {
       data = await resBody.next();
+      client.activity = performance.now();
     } catch (error) {
       // After the head is on the wire a failure can only abort: never fake a complete body.
       closeQuietly(up.conn);

@@ -22,6 +22,12 @@ export interface ProxyOptions {
   headerTimeoutMs?: number;
   /** Keep-alive idle time between requests on a client connection, in ms [60000]. */
   idleTimeoutMs?: number;
+  /** A body (either way) without a byte for this long aborts the exchange, in ms [120000]. */
+  bodyTimeoutMs?: number;
+  /** Open client connections at most; more are answered 503 and closed [4096]. */
+  maxConnections?: number;
+  /** Open connections per client address at most; more are answered 503 and closed [256]. */
+  maxConnectionsPerClient?: number;
   /** Longest request line in bytes; over it: 414 [8192]. */
   maxRequestLineBytes?: number;
   /** Longest request head in bytes; over it: 431 [65536]. */
@@ -60,6 +66,9 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
   responseTimeoutMs: 60_000,
   headerTimeoutMs: 30_000,
   idleTimeoutMs: 60_000,
+  bodyTimeoutMs: 120_000,
+  maxConnections: 4096,
+  maxConnectionsPerClient: 256,
   maxRequestLineBytes: 8192,
   maxHeadBytes: 65536,
   maxFields: 100,

@@ -11,7 +11,7 @@ import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { ConnReader } from "./reader.ts";
-import { errorResponse } from "./respond.ts";
+import { errorResponse, localResponse } from "./respond.ts";
 import { closeQuietly, UpstreamPool } from "./upstream.ts";
 import { writeAll } from "./writer.ts";
 
@@ -57,10 +57,23 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const sessions = new Set<Session>();
   const ctx: ExchangeContext & { stopping: boolean } = { options: opts, limits, pool, logger, stopping: false };
 
+  const perClient = new Map<string, number>();
   const acceptLoop = (async () => {
     try {
       for await (const conn of listener) {
+        const address = (conn.remoteAddr as Deno.NetAddr).hostname;
+        const fromClient = perClient.get(address) ?? 0;
+        if (sessions.size >= opts.maxConnections || fromClient >= opts.maxConnectionsPerClient) {
+          refuse(conn, sessions.size >= opts.maxConnections ? "max-connections" : "max-connections-per-client");
+          continue;
+        }
+        perClient.set(address, fromClient + 1);
         const session = newSession(conn);
+        session.done.finally(() => {
+          const left = (perClient.get(address) ?? 1) - 1;
+          if (left > 0) perClient.set(address, left);
+          else perClient.delete(address);
+        });
         sessions.add(session);
         session.done.finally(() => sessions.delete(session));
       }
@@ -70,6 +83,34 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     }
   })();
 
+  /** Over a connection limit: answer 503 with Retry-After and close, never queue. */
+  function refuse(conn: Deno.TcpConn, why: string): void {
+    logger.log("warn", why, { client: peer(conn) });
+    const bytes = localResponse(503, {
+      body: "Too many connections to the proxy\n",
+      close: true,
+      fields: [["Retry-After", "1"]],
+    });
+    // A short 503 fits in the socket buffer: the write does not wait for the client.
+    conn.write(bytes).catch(() => {
+      // The client left already; closing is all that is left to do.
+    }).finally(() => closeQuietly(conn));
+  }
+
+  // Body idle timeout: one sweeper for all sessions instead of a timer per chunk.
+  const sweeper = setInterval(() => {
+    const now = performance.now();
+    for (const s of sessions) {
+      if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
+        logger.log("info", "body-timeout", { client: peer(s.conn) });
+        s.inBody = false;
+        closeQuietly(s.conn);
+        if (s.upstream) closeQuietly(s.upstream);
+      }
+    }
+  }, Math.max(50, Math.min(1000, opts.bodyTimeoutMs / 4)));
+  Deno.unrefTimer(sweeper);
+
   function newSession(conn: Deno.TcpConn): Session {
     const session = {
       conn,
@@ -77,6 +118,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       finalHeadSent: false,
       upstream: null,
       busy: false,
+      inBody: false,
+      activity: 0,
       done: Promise.resolve(),
     } as Session;
     session.done = serveClient(session).catch((error) => {
@@ -108,6 +151,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         return;
       } finally {
         s.busy = false;
+        s.inBody = false;
       }
     }
   }
@@ -208,6 +252,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       }
       await Promise.all([...sessions].map((s) => s.done));
       pool.close();
+      clearInterval(sweeper);
       stopped.resolve();
     })();
     return stopPromise;
