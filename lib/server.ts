@@ -32,6 +32,14 @@ export interface ProxyHandle {
 
 interface Session extends ClientSide {
   busy: boolean;
+  /** Waiting for a request head (the head or idle deadline applies). */
+  waitingHead: boolean;
+  /** Whether a byte of the awaited head has arrived. */
+  headStarted: boolean;
+  /** `performance.now()` deadline for the awaited head. */
+  deadline: number;
+  /** Set when the sweeper expired the head wait. */
+  timedOut: boolean;
   done: Promise<void>;
 }
 
@@ -97,18 +105,19 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     }).finally(() => closeQuietly(conn));
   }
 
-  // Body idle timeout: one sweeper for all sessions instead of a timer per chunk.
+  // Head, idle and body timeouts: one sweeper for all sessions, no timer per request.
   const sweeper = setInterval(() => {
     const now = performance.now();
     for (const s of sessions) {
-      if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
+      if (s.waitingHead && now > s.deadline) expireHead(s);
+      else if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
         logger.log("info", "body-timeout", { client: peer(s.conn) });
         s.inBody = false;
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);
       }
     }
-  }, Math.max(50, Math.min(1000, opts.bodyTimeoutMs / 4)));
+  }, Math.max(25, Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs) / 4)));
   Deno.unrefTimer(sweeper);
 
   function newSession(conn: Deno.TcpConn): Session {
@@ -118,6 +127,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       finalHeadSent: false,
       upstream: null,
       busy: false,
+      waitingHead: false,
+      headStarted: false,
+      deadline: 0,
+      timedOut: false,
       inBody: false,
       activity: 0,
       done: Promise.resolve(),
@@ -158,37 +171,28 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
 
   async function readRequestHead(s: Session, first: boolean): Promise<RequestHead | null> {
     const parser = new HeadParser("request", limits);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const arm = (ms: number) =>
-      new Promise<typeof TIMEOUT>((resolve) => {
-        clearTimeout(timer);
-        timer = setTimeout(() => resolve(TIMEOUT), ms);
-      });
-    // A fresh connection gets the head timeout; a kept-alive one the idle timeout until its first byte.
-    let deadline = arm(first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
-    let started = false;
+    // A fresh connection gets the head timeout; a kept-alive one the idle timeout
+    // until its first byte. The sweeper enforces the deadline (no timer per request).
+    s.waitingHead = true;
+    s.headStarted = false;
+    s.deadline = performance.now() + (first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
     try {
       while (true) {
-        const chunk = await Promise.race([s.reader.next(), deadline]);
-        if (chunk === TIMEOUT) {
-          if (started || parser.started) {
-            logger.log("info", "header-timeout", { client: peer(s.conn) });
-            await tryWrite(
-              s,
-              errorResponse(
-                new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" }),
-              ),
-            );
-          }
-          throw TIMEOUT;
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await s.reader.next();
+        } catch (error) {
+          if (s.timedOut) throw TIMEOUT;
+          throw error;
         }
+        if (s.timedOut) throw TIMEOUT;
         if (chunk === null) {
           if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
           return null;
         }
-        if (!started) {
-          started = true;
-          if (!first) deadline = arm(opts.headerTimeoutMs);
+        if (!s.headStarted) {
+          s.headStarted = true;
+          if (!first) s.deadline = performance.now() + opts.headerTimeoutMs;
         }
         const used = parser.push(chunk);
         if (parser.complete) {
@@ -197,8 +201,25 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         }
       }
     } finally {
-      clearTimeout(timer);
+      s.waitingHead = false;
     }
+  }
+
+  /** Head or idle deadline passed: 408 if part of a head arrived, then close. */
+  function expireHead(s: Session): void {
+    s.timedOut = true;
+    s.waitingHead = false;
+    if (!s.headStarted) {
+      closeQuietly(s.conn);
+      return;
+    }
+    logger.log("info", "header-timeout", { client: peer(s.conn) });
+    const bytes = errorResponse(
+      new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" }),
+    );
+    s.conn.write(bytes).catch(() => {
+      // The client is gone; closing is all that is left.
+    }).finally(() => closeQuietly(s.conn));
   }
 
   async function answerError(s: Session, error: unknown): Promise<void> {
