@@ -54,6 +54,9 @@ export interface ClientSide {
 }
 
 const RETRY = Symbol("retry");
+/** Bodies up to this size that are already buffered are written together with their head. */
+const INLINE_BODY_BYTES = 16 * 1024;
+const NO_BODY: Framing = Object.freeze({ kind: "none" });
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 const ALLOW = "GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH";
 /** Fields not echoed by TRACE (RFC 9110 §9.3.8: exclude sensitive data). */
@@ -120,9 +123,12 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   if (upgrade) out.push(["Connection", "Upgrade"]);
   if (framing.kind === "length") out.push(["Content-Length", String(framing.length)]);
   else if (framing.kind === "chunked") out.push(["Transfer-Encoding", "chunked"]);
-  const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out);
-
-  const body = bodyReader(client.reader, framing);
+  // A small body that has fully arrived goes out in the same write as the head.
+  const inline = framing.kind === "length" && framing.length > 0 && framing.length <= INLINE_BODY_BYTES
+    ? client.reader.take(framing.length)
+    : null;
+  const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
+  const body = inline ? bodyReader(client.reader, NO_BODY) : bodyReader(client.reader, framing);
   const retryable = IDEMPOTENT.has(head.method) && framing.kind !== "chunked" &&
     (framing.kind === "none" || (framing.kind === "length" && framing.length === 0));
   for (let attempt = 0;; attempt++) {
@@ -324,15 +330,18 @@ async function exchange(
   if (clientClose) fields.push(["Connection", "close"]);
   else if (req.minor === 0) fields.push(["Connection", "keep-alive"]);
 
+  const inline = resFraming.kind === "length" && resFraming.length > 0 && resFraming.length <= INLINE_BODY_BYTES
+    ? up.reader.take(resFraming.length)
+    : null;
   try {
-    await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields));
+    await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline));
   } catch (error) {
     closeQuietly(up.conn);
     throw error;
   }
   client.finalHeadSent = true;
 
-  const resBody = bodyReader(up.reader, resFraming);
+  const resBody = bodyReader(up.reader, inline ? NO_BODY : resFraming);
   const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
   while (true) {
     let data: Uint8Array | null;

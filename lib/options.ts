@@ -38,7 +38,7 @@ export interface ProxyOptions {
   connectPorts?: readonly number[] | "*";
   /** Close a CONNECT tunnel with no bytes either way for this long, in ms; 0 = never [0]. */
   tunnelIdleTimeoutMs?: number;
-  /** Idle upstream keep-alive connections kept per origin [16]. */
+  /** Idle upstream keep-alive connections kept per origin [256]. */
   maxIdlePerOrigin?: number;
   /** How long an idle upstream connection is kept, in ms [30000]. */
   upstreamIdleTimeoutMs?: number;
@@ -74,7 +74,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
   maxFields: 100,
   connectPorts: Object.freeze([443]),
   tunnelIdleTimeoutMs: 0,
-  maxIdlePerOrigin: 16,
+  maxIdlePerOrigin: 256,
   upstreamIdleTimeoutMs: 30_000,
 });
 

@@ -71,6 +71,19 @@ export class ConnReader {
     this.#last = null;
   }
 
+  /**
+   * Consumes and returns exactly `count` buffered bytes (a view valid until the
+   * next read), or null when fewer are buffered. Used to send a small body in
+   * the same write as its head.
+   */
+  take(count: number): Uint8Array | null {
+    if (this.#end - this.#start < count) return null;
+    const view = this.#buf!.subarray(this.#start, this.#start + count);
+    this.#start += count;
+    this.#last = null;
+    return view;
+  }
+
   /** Releases the buffer while idle (a new one is allocated on the next read). */
   release(): void {
     if (this.#end === this.#start) {

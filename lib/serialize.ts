@@ -7,12 +7,15 @@ import type { Field } from "./fields.ts";
 
 /**
  * Serializes a start line and field lines into head bytes, ending with the
- * empty line. Field names and values are written exactly as given (latin-1).
+ * empty line, followed by `body` if given. Field names and values are written
+ * exactly as given (latin-1).
  */
-export function serializeHead(startLine: string, fields: readonly Field[]): Uint8Array {
+export function serializeHead(startLine: string, fields: readonly Field[], body?: Uint8Array | null): Uint8Array {
   let size = startLine.length + 4;
   for (const f of fields) size += f[0].length + f[1].length + 4;
-  const out = new Uint8Array(size);
+  // A small body rides in the same buffer: one write, one segment (no Nagle stall).
+  const out = new Uint8Array(size + (body ? body.length : 0));
+  if (body) out.set(body, size);
   let p = put(out, 0, startLine);
   out[p++] = 13;
   out[p++] = 10;

@@ -58,7 +58,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const pool = new UpstreamPool({
     connectTimeoutMs: opts.connectTimeoutMs,
     maxIdlePerOrigin: opts.maxIdlePerOrigin,
-    maxIdle: 1024,
+    maxIdle: 4096,
     idleTimeoutMs: opts.upstreamIdleTimeoutMs,
     bufferBytes: 65536,
   });
@@ -69,6 +69,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const acceptLoop = (async () => {
     try {
       for await (const conn of listener) {
+        conn.setNoDelay(true); // responses are written whole: never wait for Nagle
         const address = (conn.remoteAddr as Deno.NetAddr).hostname;
         const fromClient = perClient.get(address) ?? 0;
         if (sessions.size >= opts.maxConnections || fromClient >= opts.maxConnectionsPerClient) {

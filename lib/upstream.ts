@@ -48,7 +48,9 @@ export async function connectUpstream(hostname: string, port: number, timeoutMs:
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), timeoutMs);
   try {
-    return await Deno.connect({ hostname, port, signal: abort.signal });
+    const conn = await Deno.connect({ hostname, port, signal: abort.signal });
+    conn.setNoDelay(true); // heads and bodies are written whole: never wait for Nagle
+    return conn;
   } catch (error) {
     throw classifyConnectError(error, abort.signal.aborted);
   } finally {
