@@ -218,6 +218,7 @@ function checkExtensions(ext: number[]): void {
     i++;
     ws();
     token();
+    const afterName = i;
     ws();
     if (i < n && ext[i] === 0x3d /* = */) {
       i++;
@@ -228,8 +229,10 @@ function checkExtensions(ext: number[]): void {
           if (i >= n) throw bad("unterminated quoted string in chunk extension", "invalid-chunk-extension");
           const c = ext[i];
           if (c === 0x22) break;
-          if (c === 0x5c) i++;
-          else if (c !== 0x09 && (c < 0x20 || c === 0x7f)) {
+          // quoted-pair = "\\" ( HTAB / SP / VCHAR / obs-text ): the escaped byte is checked too.
+          if (c === 0x5c && i + 1 < n) i++;
+          const q = ext[i];
+          if (q !== 0x09 && (q < 0x20 || q === 0x7f)) {
             throw bad("invalid chunk extension", "invalid-chunk-extension");
           }
           i++;
@@ -238,6 +241,8 @@ function checkExtensions(ext: number[]): void {
       } else {
         token();
       }
+    } else {
+      i = afterName; // BWS is only allowed before "=" or ";": trailing whitespace is invalid
     }
   }
 }

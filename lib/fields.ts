@@ -45,8 +45,17 @@ export function has(fields: readonly Field[], name: string): boolean {
   return false;
 }
 
+/** Trims SP and HTAB only (OWS, RFC 9110 §5.6.3): never NBSP or other Unicode spaces. */
+export function trimOws(text: string): string {
+  let start = 0;
+  let end = text.length;
+  while (start < end && (text.charCodeAt(start) === 0x20 || text.charCodeAt(start) === 0x09)) start++;
+  while (end > start && (text.charCodeAt(end - 1) === 0x20 || text.charCodeAt(end - 1) === 0x09)) end--;
+  return start === 0 && end === text.length ? text : text.slice(start, end);
+}
+
 /**
- * Splits list-based field values (RFC 9110 §5.6.1) into trimmed elements,
+ * Splits list-based field values (RFC 9110 §5.6.1) into OWS-trimmed elements,
  * dropping empty ones. Quoted strings are not split on commas.
  */
 export function splitList(values: readonly string[]): string[] {
@@ -63,13 +72,13 @@ export function splitList(values: readonly string[]): string[] {
       }
       if (c === 0x22) quoted = true;
       else if (c === 0x2c) {
-        const item = v.slice(start, i).trim();
+        const item = trimOws(v.slice(start, i));
         if (item) out.push(item);
         start = i + 1;
       }
     }
     if (quoted) {
-      const item = v.slice(start).trim();
+      const item = trimOws(v.slice(start));
       if (item) out.push(item);
     }
   }

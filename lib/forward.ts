@@ -16,7 +16,7 @@ import {
   UpstreamError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, viaContains } from "./fields.ts";
+import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, trimOws, viaContains } from "./fields.ts";
 import { type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import type { Logger } from "./log.ts";
@@ -310,7 +310,7 @@ async function exchange(
       // HEAD and 304 responses keep the length they announce.
       const cl = getAll(res.fields, "content-length");
       if (cl.length > 0 && res.status !== 204 && res.status >= 200) {
-        fields.push(["Content-Length", cl[0].split(",")[0].trim()]);
+        fields.push(["Content-Length", trimOws(cl[0].split(",")[0])]);
       }
       break;
     }

@@ -6,7 +6,7 @@
  */
 import { isToken, parseDecimal } from "./ascii.ts";
 import { NotImplementedError, ParseError } from "./errors.ts";
-import { type Field, getAll, splitList } from "./fields.ts";
+import { type Field, getAll, splitList, trimOws } from "./fields.ts";
 import type { RequestHead, ResponseHead } from "./head.ts";
 
 /** How a message body is delimited. */
@@ -32,7 +32,7 @@ export function contentLength(fields: readonly Field[]): number {
   let length = -1;
   for (const value of values) {
     for (const part of value.split(",")) {
-      const n = parseDecimal(part.trim());
+      const n = parseDecimal(trimOws(part));
       if (n < 0) throw new ParseError("Cannot parse Content-Length", "invalid-content-length");
       if (length !== -1 && n !== length) {
         throw new ParseError("Cannot accept differing Content-Length values", "conflicting-content-length");
@@ -51,7 +51,7 @@ function transferCodings(fields: readonly Field[]): string[] | null {
   for (const element of splitList(values)) {
     // transfer-coding = token *( OWS ";" OWS transfer-parameter ): parameters are not
     // defined for chunked, and a coding with parameters is not one we implement.
-    const name = element.split(";")[0].trim();
+    const name = trimOws(element.split(";")[0]);
     if (!isToken(name)) throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
     codings.push(element.includes(";") ? `${name.toLowerCase()};` : name.toLowerCase());
   }
