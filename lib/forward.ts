@@ -51,6 +51,10 @@ export interface ClientSide {
   inBody: boolean;
   /** `performance.now()` of the last body byte either way. */
   activity: number;
+  /** `performance.now()` by which the origin's response head must arrive; 0 when not waiting. */
+  responseDeadline: number;
+  /** Set by the server when `responseDeadline` passed (the upstream was closed). */
+  responseTimedOut: boolean;
 }
 
 const RETRY = Symbol("retry");
@@ -188,14 +192,13 @@ async function exchange(
   // The request body streams while the response is awaited (100-continue, early answers).
   let clientError: unknown = null;
   let upstreamWriteFailed = false;
-  let responseTimer: ReturnType<typeof setTimeout> | undefined;
-  let timedOut = false;
   let headSeen = false;
+  // The response-head deadline is enforced by the server's sweeper (no timer per request):
+  // on expiry it sets client.responseTimedOut and closes the upstream connection.
+  client.responseTimedOut = false;
   const startResponseTimer = () => {
-    responseTimer = setTimeout(() => {
-      timedOut = true;
-      closeQuietly(up.conn);
-    }, ctx.options.responseTimeoutMs);
+    client.inBody = false;
+    client.responseDeadline = performance.now() + ctx.options.responseTimeoutMs;
   };
   client.inBody = true;
   client.activity = performance.now();
@@ -238,7 +241,7 @@ async function exchange(
       } catch (error) {
         closeQuietly(up.conn);
         if (clientError !== null) throw clientError;
-        if (timedOut) {
+        if (client.responseTimedOut) {
           throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
         }
         if (error instanceof ProxyError && !(error instanceof PrematureEofError)) {
@@ -254,7 +257,7 @@ async function exchange(
       if (!got) {
         closeQuietly(up.conn);
         if (clientError !== null) throw clientError;
-        if (timedOut) {
+        if (client.responseTimedOut) {
           throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
         }
         if (canRetry) return RETRY;
@@ -283,7 +286,9 @@ async function exchange(
     }
   } finally {
     headSeen = true; // the pump must not start a timer from now on
-    clearTimeout(responseTimer);
+    client.responseDeadline = 0;
+    client.inBody = true;
+    client.activity = performance.now();
   }
 
   if (res.status === 101) return await switchProtocols(ctx, client, res, up);

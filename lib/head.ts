@@ -91,6 +91,11 @@ export class HeadParser {
   #leadingEmpty = 0;
   #carry: Uint8Array | null = null;
   #carryLength = 0;
+  /** The chunk being parsed, its latin-1 text (decoded on first use), or the carried line's text. */
+  #bytes: Uint8Array | null = null;
+  #text: string | null = null;
+  #textEnd = 0;
+  #lineText: string | null = null;
 
   /** Creates a parser for one request, response or trailer section. */
   constructor(kind: HeadKind, limits: HeadLimits = DEFAULT_HEAD_LIMITS) {
@@ -115,6 +120,7 @@ export class HeadParser {
    */
   push(chunk: Uint8Array): number {
     let pos = 0;
+    this.#text = null;
     while (pos < chunk.length) {
       const lf = chunk.indexOf(LF, pos);
       if (lf === -1) {
@@ -122,28 +128,51 @@ export class HeadParser {
         this.#checkPartial();
         return chunk.length;
       }
-      let line: Uint8Array;
+      // A line is handled as (bytes, start, end) indices: no view and no string per line.
+      let bytes = chunk;
+      let start = pos;
+      let end = lf;
       if (this.#carryLength > 0) {
         this.#append(chunk, pos, lf);
-        line = this.#carry!.subarray(0, this.#carryLength);
+        bytes = this.#carry!;
+        start = 0;
+        end = this.#carryLength;
         this.#carryLength = 0;
+        this.#lineText = latin1(bytes, 0, end);
       } else {
-        line = chunk.subarray(pos, lf);
+        this.#lineText = null;
+        this.#bytes = chunk;
       }
       pos = lf + 1;
-      this.bytesConsumed += line.length + 1;
+      this.bytesConsumed += end - start + 1;
       if (this.bytesConsumed > this.#limits.maxHeadBytes) throw this.#tooLarge();
       // RFC 9112 §2.2: a bare LF line terminator is only a MAY; refuse it (smuggling vector).
-      if (line.length === 0 || line[line.length - 1] !== CR) {
+      if (end === start || bytes[end - 1] !== CR) {
         throw new ParseError("Cannot parse head: line not terminated by CRLF", "bare-lf");
       }
-      this.#line(line, line.length - 1);
+      this.#line(bytes, start, end - 1);
       if (this.complete) {
         this.#carry = null;
+        this.#text = null;
+        this.#lineText = null;
         return pos;
       }
     }
     return pos;
+  }
+
+  /** The string for bytes [from, to) of the current line (latin-1, decoded once per chunk). */
+  #str(from: number, to: number): string {
+    if (this.#lineText !== null) return this.#lineText.slice(from, to);
+    if (this.#text === null || to > this.#textEnd) {
+      // Decode incrementally: a chunk may hold a large body after the head.
+      const bytes = this.#bytes!;
+      const from0 = this.#text === null ? 0 : this.#textEnd;
+      const end = Math.min(bytes.length, Math.max(to, from0 * 2, 4096));
+      this.#text = (this.#text ?? "") + latin1(bytes, from0, end);
+      this.#textEnd = end;
+    }
+    return this.#text.slice(from, to);
   }
 
   /** Returns the parsed request head (kind "request", once complete). */
@@ -188,49 +217,49 @@ export class HeadParser {
     );
   }
 
-  /** Handles one line; `end` is the index of its CR. */
-  #line(line: Uint8Array, end: number): void {
+  /** Handles one line: bytes [start, end), `end` being the index of its CR. */
+  #line(b: Uint8Array, start: number, end: number): void {
     if (!this.#startLineDone) {
-      if (end === 0 && this.#kind === "request") {
+      if (end === start && this.#kind === "request") {
         if (++this.#leadingEmpty > MAX_LEADING_EMPTY_LINES) {
           throw new ParseError("Cannot parse request: too many empty lines", "leading-empty-lines");
         }
         this.bytesConsumed -= 2; // leading empty lines do not count towards the head
         return;
       }
-      if (end > this.#limits.maxRequestLineBytes) {
+      if (end - start > this.#limits.maxRequestLineBytes) {
         throw this.#kind === "request"
           ? new UriTooLongError()
           : new ParseError("Cannot parse status line: too long", "status-line-too-long");
       }
-      if (this.#kind === "request") this.#requestLine(line, end);
-      else this.#statusLine(line, end);
+      if (this.#kind === "request") this.#requestLine(b, start, end);
+      else this.#statusLine(b, start, end);
       this.#startLineDone = true;
       return;
     }
-    if (end === 0) {
+    if (end === start) {
       this.complete = true;
       return;
     }
-    const first = line[0];
+    const first = b[start];
     if (first === SP || first === HTAB) {
-      this.#obsFold(line, end);
+      this.#obsFold(b, start, end);
       return;
     }
-    this.#fieldLine(line, end);
+    this.#fieldLine(b, start, end);
   }
 
-  #requestLine(line: Uint8Array, end: number): void {
+  #requestLine(b: Uint8Array, start: number, end: number): void {
     // request-line = method SP request-target SP HTTP-version (RFC 9112 §3)
-    let i = 0;
-    while (i < end && TOKEN[line[i]] === 1) i++;
-    if (i === 0 || i === end || line[i] !== SP) {
+    let i = start;
+    while (i < end && TOKEN[b[i]] === 1) i++;
+    if (i === start || i === end || b[i] !== SP) {
       throw new ParseError("Cannot parse request line: invalid method", "invalid-method");
     }
-    this.method = latin1(line, 0, i);
+    this.method = this.#str(start, i);
     const targetStart = ++i;
-    while (i < end && TARGET[line[i]] === 1) i++;
-    if (i === targetStart || i === end || line[i] !== SP) {
+    while (i < end && TARGET[b[i]] === 1) i++;
+    if (i === targetStart || i === end || b[i] !== SP) {
       throw new ParseError(
         i === end
           ? "Cannot parse request line: missing HTTP version"
@@ -238,19 +267,19 @@ export class HeadParser {
         i === end ? "missing-version" : "invalid-target",
       );
     }
-    this.target = latin1(line, targetStart, i);
-    this.minor = parseVersion(line, i + 1, end, "request");
+    this.target = this.#str(targetStart, i);
+    this.minor = parseVersion(b, i + 1, end, "request");
   }
 
-  #statusLine(line: Uint8Array, end: number): void {
+  #statusLine(b: Uint8Array, start: number, end: number): void {
     // status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4)
-    if (end < 12 || line[8] !== SP) {
+    if (end - start < 12 || b[start + 8] !== SP) {
       throw new ParseError("Cannot parse status line", "invalid-status-line");
     }
-    this.minor = parseVersion(line, 0, 8, "response");
+    this.minor = parseVersion(b, start, start + 8, "response");
     let status = 0;
-    for (let i = 9; i < 12; i++) {
-      const d = line[i] - 0x30;
+    for (let i = start + 9; i < start + 12; i++) {
+      const d = b[i] - 0x30;
       if (d < 0 || d > 9) throw new ParseError("Cannot parse status line: invalid status code", "invalid-status");
       status = status * 10 + d;
     }
@@ -258,52 +287,52 @@ export class HeadParser {
       throw new ParseError("Cannot parse status line: status code out of range", "invalid-status");
     }
     this.status = status;
-    if (end === 12) return; // tolerated: no SP after the status code
-    if (line[12] !== SP) throw new ParseError("Cannot parse status line: invalid status code", "invalid-status");
-    for (let i = 13; i < end; i++) {
-      if (FIELD_VALUE[line[i]] === 0) {
+    if (end === start + 12) return; // tolerated: no SP after the status code
+    if (b[start + 12] !== SP) throw new ParseError("Cannot parse status line: invalid status code", "invalid-status");
+    for (let i = start + 13; i < end; i++) {
+      if (FIELD_VALUE[b[i]] === 0) {
         throw new ParseError("Cannot parse status line: invalid reason phrase", "invalid-reason");
       }
     }
-    this.reason = latin1(line, 13, end);
+    this.reason = this.#str(start + 13, end);
   }
 
-  #fieldLine(line: Uint8Array, end: number): void {
+  #fieldLine(b: Uint8Array, start: number, end: number): void {
     // field-line = field-name ":" OWS field-value OWS (RFC 9112 §5)
-    let i = 0;
-    while (i < end && TOKEN[line[i]] === 1) i++;
-    if (i === 0 || i === end || line[i] !== COLON) {
+    let i = start;
+    while (i < end && TOKEN[b[i]] === 1) i++;
+    if (i === start || i === end || b[i] !== COLON) {
       // RFC 9112 §5.1: no whitespace is allowed between the field name and colon.
       throw new ParseError("Cannot parse field line: invalid field name", "invalid-field-name");
     }
     if (this.fields.length >= this.#limits.maxFields) throw this.#tooLarge();
-    const name = latin1(line, 0, i);
-    this.fields.push([name, this.#value(line, i + 1, end)]);
+    const name = this.#str(start, i);
+    this.fields.push([name, this.#value(b, i + 1, end)]);
   }
 
-  #obsFold(line: Uint8Array, end: number): void {
+  #obsFold(b: Uint8Array, start: number, end: number): void {
     // RFC 9112 §5.2: obs-fold. A server MUST reject it in a request; a proxy
     // MUST replace it by SP in a response. Whitespace before the first field
     // line is rejected (RFC 9112 §2.2).
     if (this.#kind !== "response" || this.fields.length === 0) {
       throw new ParseError("Cannot parse field line: obsolete line folding", "obs-fold");
     }
-    const more = this.#value(line, 0, end);
+    const more = this.#value(b, start, end);
     const last = this.fields[this.fields.length - 1];
     if (more) last[1] = last[1] ? `${last[1]} ${more}` : more;
   }
 
-  #value(line: Uint8Array, from: number, end: number): string {
+  #value(b: Uint8Array, from: number, end: number): string {
     let start = from;
-    while (start < end && (line[start] === SP || line[start] === HTAB)) start++;
+    while (start < end && (b[start] === SP || b[start] === HTAB)) start++;
     let stop = end;
-    while (stop > start && (line[stop - 1] === SP || line[stop - 1] === HTAB)) stop--;
+    while (stop > start && (b[stop - 1] === SP || b[stop - 1] === HTAB)) stop--;
     for (let i = start; i < stop; i++) {
-      if (FIELD_VALUE[line[i]] === 0) {
+      if (FIELD_VALUE[b[i]] === 0) {
         throw new ParseError("Cannot parse field line: invalid character in value", "invalid-field-value");
       }
     }
-    return latin1(line, start, stop);
+    return start === stop ? "" : this.#str(start, stop);
   }
 }
 

@@ -22,7 +22,9 @@ export interface Readable {
  */
 export class ConnReader {
   readonly #conn: Readable;
-  readonly #size: number;
+  readonly #min: number;
+  readonly #max: number;
+  #size: number;
   #buf: Uint8Array | null = null;
   #start = 0;
   #end = 0;
@@ -30,10 +32,17 @@ export class ConnReader {
   /** True once the peer has closed its sending side (or reset). */
   eof = false;
 
-  /** Wraps a connection; `bufferSize` is allocated on first read. */
-  constructor(conn: Readable, bufferSize = 65536) {
+  /**
+   * Wraps a connection. The buffer is allocated on first read at `minBytes`,
+   * doubles while reads fill it (bulk bodies) up to `maxBytes`, and shrinks
+   * back when reads come in small, so idle and small-message connections stay
+   * cheap.
+   */
+  constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(8192, maxBytes)) {
     this.#conn = conn;
-    this.#size = bufferSize;
+    this.#min = minBytes;
+    this.#max = maxBytes;
+    this.#size = minBytes;
   }
 
   /** Bytes buffered and not yet consumed. */
@@ -50,12 +59,17 @@ export class ConnReader {
       return chunk;
     }
     if (this.eof) return null;
-    this.#buf ??= new Uint8Array(this.#size);
+    if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
     const n = await this.#conn.read(this.#buf);
     if (n === null) {
       this.eof = true;
       this.#last = null;
       return null;
+    }
+    if (n === this.#size) {
+      if (this.#size < this.#max) this.#size *= 2;
+    } else if (n < this.#size >> 4 && this.#size > this.#min) {
+      this.#size >>= 1;
     }
     this.#start = this.#end = n;
     const chunk = this.#buf.subarray(0, n);
@@ -84,10 +98,11 @@ export class ConnReader {
     return view;
   }
 
-  /** Releases the buffer while idle (a new one is allocated on the next read). */
+  /** Releases the buffer while idle (a small one is allocated on the next read). */
   release(): void {
     if (this.#end === this.#start) {
       this.#buf = null;
+      this.#size = this.#min;
       this.#start = this.#end = 0;
     }
   }

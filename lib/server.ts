@@ -60,7 +60,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     maxIdlePerOrigin: opts.maxIdlePerOrigin,
     maxIdle: 4096,
     idleTimeoutMs: opts.upstreamIdleTimeoutMs,
-    bufferBytes: 65536,
+    bufferBytes: 256 * 1024,
   });
   const sessions = new Set<Session>();
   const ctx: ExchangeContext & { stopping: boolean } = { options: opts, limits, pool, logger, stopping: false };
@@ -107,24 +107,38 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   }
 
   // Head, idle and body timeouts: one sweeper for all sessions, no timer per request.
-  const sweeper = setInterval(() => {
-    const now = performance.now();
-    for (const s of sessions) {
-      if (s.waitingHead && now > s.deadline) expireHead(s);
-      else if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
-        logger.log("info", "body-timeout", { client: peer(s.conn) });
-        s.inBody = false;
-        closeQuietly(s.conn);
-        if (s.upstream) closeQuietly(s.upstream);
+  const sweeper = setInterval(
+    () => {
+      const now = performance.now();
+      for (const s of sessions) {
+        if (s.waitingHead && now > s.deadline) expireHead(s);
+        else if (s.responseDeadline > 0 && now > s.responseDeadline) {
+          logger.log("info", "response-timeout", { client: peer(s.conn) });
+          s.responseDeadline = 0;
+          s.responseTimedOut = true;
+          if (s.upstream) closeQuietly(s.upstream);
+        } else if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
+          logger.log("info", "body-timeout", { client: peer(s.conn) });
+          s.inBody = false;
+          closeQuietly(s.conn);
+          if (s.upstream) closeQuietly(s.upstream);
+        }
       }
-    }
-  }, Math.max(25, Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs) / 4)));
+    },
+    Math.max(
+      25,
+      Math.min(
+        1000,
+        Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4,
+      ),
+    ),
+  );
   Deno.unrefTimer(sweeper);
 
   function newSession(conn: Deno.TcpConn): Session {
     const session = {
       conn,
-      reader: new ConnReader(conn, 65536),
+      reader: new ConnReader(conn, 256 * 1024),
       finalHeadSent: false,
       upstream: null,
       busy: false,
@@ -134,6 +148,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       timedOut: false,
       inBody: false,
       activity: 0,
+      responseDeadline: 0,
+      responseTimedOut: false,
       done: Promise.resolve(),
     } as Session;
     session.done = serveClient(session).catch((error) => {
@@ -166,6 +182,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       } finally {
         s.busy = false;
         s.inBody = false;
+        s.responseDeadline = 0;
       }
     }
   }

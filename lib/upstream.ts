@@ -36,7 +36,8 @@ export interface PoolOptions {
 
 interface Idle {
   up: UpstreamConn;
-  timer: ReturnType<typeof setTimeout>;
+  /** `performance.now()` when it became idle. */
+  since: number;
 }
 
 /**
@@ -83,10 +84,29 @@ export class UpstreamPool {
   readonly #idle = new Map<string, Idle[]>();
   #idleCount = 0;
   #closed = false;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
 
   /** Creates an empty pool. */
   constructor(options: PoolOptions) {
     this.#options = options;
+  }
+
+  /** Expires idle connections: one interval while any are held, no timer per release. */
+  #sweep(): void {
+    const cutoff = performance.now() - this.#options.idleTimeoutMs;
+    for (const [key, list] of this.#idle) {
+      // Lists are in release order: the oldest are at the front.
+      let expired = 0;
+      while (expired < list.length && list[expired].since <= cutoff) closeQuietly(list[expired++].up.conn);
+      if (expired === 0) continue;
+      list.splice(0, expired);
+      this.#idleCount -= expired;
+      if (list.length === 0) this.#idle.delete(key);
+    }
+    if (this.#idleCount === 0) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
   }
 
   /** Number of idle connections held. */
@@ -103,7 +123,6 @@ export class UpstreamPool {
       if (idle !== undefined) {
         if (list!.length === 0) this.#idle.delete(key);
         this.#idleCount--;
-        clearTimeout(idle.timer);
         idle.up.reused = true;
         return idle.up;
       }
@@ -125,44 +144,30 @@ export class UpstreamPool {
       const oldest = list.length > 0 ? list.shift()! : null;
       if (oldest !== null) {
         this.#idleCount--;
-        clearTimeout(oldest.timer);
         closeQuietly(oldest.up.conn);
       } else {
         closeQuietly(up.conn);
         return;
       }
     }
-    up.reader.release();
-    const entry: Idle = {
-      up,
-      timer: setTimeout(() => this.#expire(entry), o.idleTimeoutMs),
-    };
-    Deno.unrefTimer(entry.timer);
-    list.push(entry);
+    list.push({ up, since: performance.now() });
     this.#idleCount++;
+    if (this.#sweeper === undefined) {
+      this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.min(5000, o.idleTimeoutMs / 4)));
+      Deno.unrefTimer(this.#sweeper);
+    }
   }
 
   /** Closes every idle connection and refuses new ones into the pool. */
   close(): void {
     this.#closed = true;
     for (const list of this.#idle.values()) {
-      for (const idle of list) {
-        clearTimeout(idle.timer);
-        closeQuietly(idle.up.conn);
-      }
+      for (const idle of list) closeQuietly(idle.up.conn);
     }
     this.#idle.clear();
     this.#idleCount = 0;
-  }
-
-  #expire(entry: Idle): void {
-    const list = this.#idle.get(entry.up.key);
-    const at = list?.indexOf(entry) ?? -1;
-    if (at === -1) return;
-    list!.splice(at, 1);
-    if (list!.length === 0) this.#idle.delete(entry.up.key);
-    this.#idleCount--;
-    closeQuietly(entry.up.conn);
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
   }
 }
 
