@@ -335,8 +335,9 @@ async function exchange(
   if (clientClose) fields.push(["Connection", "close"]);
   else if (req.minor === 0) fields.push(["Connection", "keep-alive"]);
 
-  const inline = resFraming.kind === "length" && resFraming.length > 0 && resFraming.length <= INLINE_BODY_BYTES
-    ? up.reader.take(resFraming.length)
+  // Whatever part of a Content-Length body is already buffered goes out with the head.
+  const inline = resFraming.kind === "length" && resFraming.length > 0 && up.reader.buffered > 0
+    ? up.reader.take(Math.min(resFraming.length, up.reader.buffered))
     : null;
   try {
     await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline));
@@ -346,7 +347,10 @@ async function exchange(
   }
   client.finalHeadSent = true;
 
-  const resBody = bodyReader(up.reader, inline ? NO_BODY : resFraming);
+  const rest = inline === null
+    ? resFraming
+    : { kind: "length" as const, length: (resFraming as { length: number }).length - inline.length };
+  const resBody = bodyReader(up.reader, rest);
   const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
   while (true) {
     let data: Uint8Array | null;

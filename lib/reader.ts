@@ -34,11 +34,10 @@ export class ConnReader {
 
   /**
    * Wraps a connection. The buffer is allocated on first read at `minBytes`,
-   * doubles while reads fill it (bulk bodies) up to `maxBytes`, and shrinks
-   * back when reads come in small, so idle and small-message connections stay
-   * cheap.
+   * jumps to `maxBytes` when a read fills it (a bulk body), and halves back when
+   * reads come in small, so idle and small-message connections stay cheap.
    */
-  constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(8192, maxBytes)) {
+  constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(4096, maxBytes)) {
     this.#conn = conn;
     this.#min = minBytes;
     this.#max = maxBytes;
@@ -67,7 +66,7 @@ export class ConnReader {
       return null;
     }
     if (n === this.#size) {
-      if (this.#size < this.#max) this.#size *= 2;
+      this.#size = this.#max; // a full read means a bulk transfer: go straight to the largest buffer
     } else if (n < this.#size >> 4 && this.#size > this.#min) {
       this.#size >>= 1;
     }
