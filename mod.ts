@@ -12,7 +12,8 @@
  * @module
  */
 export { type ProxyHandle, startProxy } from "./lib/server.ts";
-export { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
+export { DEFAULTS, parseDuration, type ProxyOptions, type ResolvedOptions } from "./lib/options.ts";
+export type { TunnelEnd, TunnelStats } from "./lib/tunnel.ts";
 export {
   ForbiddenError,
   HeadTooLargeError,
@@ -38,4 +39,4 @@ export {
 export { ChunkedDecoder, type ChunkedLimits, DEFAULT_CHUNKED_LIMITS } from "./lib/chunked.ts";
 export { contentLength, type Framing, requestFraming, responseFraming } from "./lib/framing.ts";
 export { type Field, stripHopByHop } from "./lib/fields.ts";
-export { consoleLogger, type Logger, type LogLevel, silentLogger } from "./lib/log.ts";
+export { consoleLogger, LOG_LEVELS, type Logger, type LogLevel, silentLogger } from "./lib/log.ts";
