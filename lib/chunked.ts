@@ -82,12 +82,13 @@ export class ChunkedDecoder {
   }
 
   /**
-   * Consumes bytes of `input` until it reaches chunk data (returned in `data`),
-   * the end of the body, or the end of the input. Returns the count consumed.
+   * Consumes bytes of `input` until it reaches chunk data (returned in `data`,
+   * at most `maxData` bytes), the end of the body, or the end of the input.
+   * Returns the count consumed.
    *
    * @throws {ParseError} on malformed chunk framing.
    */
-  step(input: Uint8Array): number {
+  step(input: Uint8Array, maxData = Infinity): number {
     this.data = null;
     let i = 0;
     const n = input.length;
@@ -151,7 +152,8 @@ export class ChunkedDecoder {
           continue;
         }
         case State.Data: {
-          const take = Math.min(this.#size, n - i);
+          const take = Math.min(this.#size, n - i, maxData);
+          if (take === 0) return i;
           this.data = input.subarray(i, i + take);
           this.#size -= take;
           if (this.#size === 0) this.#state = State.DataCr;

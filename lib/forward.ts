@@ -21,7 +21,7 @@ import { type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import type { Logger } from "./log.ts";
 import type { ResolvedOptions } from "./options.ts";
-import { type BodyReader, bodyReader, ConnReader } from "./reader.ts";
+import { type BodyReader, bodyReader, ConnReader, takeBufferedChunked } from "./reader.ts";
 import { localResponse } from "./respond.ts";
 import { httpDate, serializeHead } from "./serialize.ts";
 import { parseAbsoluteTarget, parseAuthority } from "./target.ts";
@@ -37,6 +37,8 @@ export interface ExchangeContext {
   readonly logger: Logger;
   /** True once the server is shutting down: responses then close the connection. */
   readonly stopping: boolean;
+  /** Aborted when the shutdown grace period is over: tunnels end as "aborted". */
+  readonly abortSignal: AbortSignal;
 }
 
 /** The client side of an exchange. */
@@ -125,14 +127,25 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   }
   out.push(["Via", `1.${head.minor} ${ctx.options.via}`]);
   if (upgrade) out.push(["Connection", "Upgrade"]);
-  if (framing.kind === "length") out.push(["Content-Length", String(framing.length)]);
-  else if (framing.kind === "chunked") out.push(["Transfer-Encoding", "chunked"]);
-  // A small body that has fully arrived goes out in the same write as the head.
-  const inline = framing.kind === "length" && framing.length > 0 && framing.length <= INLINE_BODY_BYTES
-    ? client.reader.take(framing.length)
-    : null;
+  // A small body that has fully arrived goes out in the same write as the head. A whole
+  // chunked body is validated before the origin is contacted (a bad one gets 400 and the
+  // origin never sees the request) and, without trailers, sent with a Content-Length.
+  let inline: Uint8Array | null = null;
+  if (framing.kind === "length") {
+    if (framing.length > 0 && framing.length <= INLINE_BODY_BYTES) inline = client.reader.take(framing.length);
+    out.push(["Content-Length", String(framing.length)]);
+  } else if (framing.kind === "chunked") {
+    const whole = takeBufferedChunked(client.reader);
+    if (whole !== null && whole.trailers.length === 0) {
+      inline = whole.data;
+      out.push(["Content-Length", String(inline.length)]);
+    } else {
+      out.push(["Transfer-Encoding", "chunked"]);
+      if (whole !== null) inline = encodeChunked(whole.data, endToEndTrailers(whole.trailers));
+    }
+  }
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
-  const body = inline ? bodyReader(client.reader, NO_BODY) : bodyReader(client.reader, framing);
+  const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing);
   const retryable = IDEMPOTENT.has(head.method) && framing.kind !== "chunked" &&
     (framing.kind === "none" || (framing.kind === "length" && framing.length === 0));
   for (let attempt = 0;; attempt++) {
@@ -410,7 +423,12 @@ async function switchProtocols(
     throw error;
   }
   client.finalHeadSent = true;
-  const stats = await relay(client, up, { target: up.key, idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs });
+  client.inBody = false; // the tunnel has its own idle timeout; the body timeout no longer applies
+  const stats = await relay(client, up, {
+    target: up.key,
+    idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
+    signal: ctx.abortSignal,
+  });
   reportTunnel(ctx, stats, "upgrade");
   return false;
 }
@@ -446,7 +464,11 @@ async function connectTunnel(ctx: ExchangeContext, client: ClientSide, head: Req
     }
     client.finalHeadSent = true;
     const origin = { conn, reader: new ConnReader(conn, 65536) };
-    const stats = await relay(client, origin, { target, idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs });
+    const stats = await relay(client, origin, {
+      target,
+      idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
+      signal: ctx.abortSignal,
+    });
     reportTunnel(ctx, stats, "connect");
     return false;
   } finally {
@@ -461,6 +483,23 @@ function reportTunnel(ctx: ExchangeContext, stats: TunnelStats, kind: "connect" 
 
 const ESTABLISHED = new TextEncoder().encode("HTTP/1.1 200 Connection established\r\n\r\n");
 const KEEP_UPGRADE: ReadonlySet<string> = new Set(["upgrade"]);
+
+/** A whole chunked body: one chunk (if any data), the last chunk and the trailers. */
+function encodeChunked(data: Uint8Array, trailers: readonly Field[]): Uint8Array {
+  const size = data.length > 0 ? `${data.length.toString(16)}\r\n` : "";
+  const tail = serializeHead("0", trailers);
+  const out = new Uint8Array(size.length + data.length + (data.length > 0 ? 2 : 0) + tail.length);
+  let p = 0;
+  for (let i = 0; i < size.length; i++) out[p++] = size.charCodeAt(i);
+  out.set(data, p);
+  p += data.length;
+  if (data.length > 0) {
+    out[p++] = 13;
+    out[p++] = 10;
+  }
+  out.set(tail, p);
+  return out;
+}
 
 /** Trailer fields worth forwarding: drop hop-by-hop and framing fields. */
 function endToEndTrailers(trailers: readonly Field[]): Field[] {

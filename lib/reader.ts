@@ -97,6 +97,11 @@ export class ConnReader {
     return view;
   }
 
+  /** A view of the buffered, unconsumed bytes (valid until the next read). */
+  peek(): Uint8Array {
+    return this.#buf === null ? EMPTY : this.#buf.subarray(this.#start, this.#end);
+  }
+
   /** Releases the buffer while idle (a small one is allocated on the next read). */
   release(): void {
     if (this.#end === this.#start) {
@@ -138,6 +143,7 @@ export interface BodyReader {
   readonly trailers: readonly [string, string][];
 }
 
+const EMPTY = new Uint8Array(0);
 const NO_TRAILERS: readonly [string, string][] = Object.freeze([]) as readonly [string, string][];
 
 class EmptyBody implements BodyReader {
@@ -172,8 +178,14 @@ class LengthBody implements BodyReader {
   }
 }
 
+/** Pieces smaller than this are gathered with the chunks buffered after them. */
+const GATHER_BELOW = 4096;
+const GATHER_BYTES = 16384;
+
 class ChunkedBody implements BodyReader {
   readonly #decoder: ChunkedDecoder;
+  #gather: Uint8Array | null = null;
+  #pending: unknown = null;
   constructor(readonly reader: ConnReader, limits?: ChunkedLimits) {
     this.#decoder = new ChunkedDecoder(limits);
   }
@@ -184,11 +196,39 @@ class ChunkedBody implements BodyReader {
     return this.#decoder.trailers;
   }
   async next(): Promise<Uint8Array | null> {
+    if (this.#pending !== null) {
+      const error = this.#pending;
+      this.#pending = null;
+      throw error;
+    }
+    const first = await this.#piece(Infinity, false);
+    if (first === null || first.length >= GATHER_BELOW || this.reader.buffered === 0) return first;
+    // Many small chunks (down to one-byte chunks) must not cost one write each on
+    // the other side: gather what is already buffered into one piece, without
+    // waiting for the network.
+    const out = this.#gather ??= new Uint8Array(GATHER_BYTES);
+    out.set(first);
+    let length = first.length;
+    try {
+      while (length < GATHER_BYTES) {
+        const piece = await this.#piece(GATHER_BYTES - length, true);
+        if (piece === null) break;
+        out.set(piece, length);
+        length += piece.length;
+      }
+    } catch (error) {
+      this.#pending = error; // deliver what was decoded first; the error comes next
+    }
+    return out.subarray(0, length);
+  }
+  /** The next data piece; with `bufferedOnly`, null instead of waiting for a read. */
+  async #piece(max: number, bufferedOnly: boolean): Promise<Uint8Array | null> {
     const dec = this.#decoder;
     while (!dec.done) {
+      if (bufferedOnly && this.reader.buffered === 0) return null;
       const chunk = await this.reader.next();
       if (chunk === null) throw new PrematureEofError("Connection closed before the chunked body was complete");
-      const used = dec.step(chunk);
+      const used = dec.step(chunk, max);
       this.reader.unread(chunk.length - used);
       if (dec.data !== null && dec.data.length > 0) return dec.data;
     }
@@ -206,6 +246,34 @@ class CloseDelimitedBody implements BodyReader {
     if (chunk === null) this.done = true;
     return chunk;
   }
+}
+
+/**
+ * Decodes a chunked body that is already entirely buffered, consuming it.
+ * Returns null (consuming nothing) when the body continues past the buffer.
+ *
+ * @throws {ParseError} when the buffered bytes are not valid chunked framing.
+ */
+export function takeBufferedChunked(
+  reader: ConnReader,
+  limits?: ChunkedLimits,
+): { data: Uint8Array; trailers: readonly [string, string][] } | null {
+  const input = reader.peek();
+  if (input.length === 0) return null;
+  const dec = new ChunkedDecoder(limits);
+  const out = new Uint8Array(input.length);
+  let length = 0;
+  let used = 0;
+  while (used < input.length && !dec.done) {
+    used += dec.step(input.subarray(used));
+    if (dec.data !== null) {
+      out.set(dec.data, length);
+      length += dec.data.length;
+    }
+  }
+  if (!dec.done) return null;
+  reader.take(used);
+  return { data: out.subarray(0, length), trailers: dec.trailers };
 }
 
 /** The body reader for a framing, reading from `reader`. */

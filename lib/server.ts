@@ -63,7 +63,15 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     bufferBytes: 64 * 1024,
   });
   const sessions = new Set<Session>();
-  const ctx: ExchangeContext & { stopping: boolean } = { options: opts, limits, pool, logger, stopping: false };
+  const abort = new AbortController();
+  const ctx: ExchangeContext & { stopping: boolean } = {
+    options: opts,
+    limits,
+    pool,
+    logger,
+    stopping: false,
+    abortSignal: abort.signal,
+  };
 
   const perClient = new Map<string, number>();
   const acceptLoop = (async () => {
@@ -285,6 +293,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       const grace = new Promise<void>((resolve) => graceTimer = setTimeout(resolve, graceMs));
       await Promise.race([Promise.all([...sessions].map((s) => s.done)), grace]);
       clearTimeout(graceTimer);
+      abort.abort();
       for (const s of sessions) {
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);

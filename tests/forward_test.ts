@@ -434,7 +434,22 @@ Deno.test("request bodies are delivered byte-exact", async (t) => {
     assert.equal(text(res.body), "got=0");
     const req = lastRequest(origin);
     assert.ok(req.complete);
-    assert.equal(text(req.bodyRaw), "0\r\n\r\n");
+    // A chunked body that arrived whole is validated first and sent with a Content-Length.
+    assert.equal(req.framing, "length");
+    assert.deepEqual(listTokens(req.fields, "content-length"), ["0"]);
+    assert.ok(!hasField(req.fields, "transfer-encoding"));
+    assert.equal(req.body.length, 0);
+  });
+  await t.step("a whole chunked body without trailers is validated first and sent with Content-Length", async () => {
+    const res = await proxy.roundTrip(
+      `POST ${
+        origin.url("/whole")
+      } HTTP/1.1\r\nHost: ${origin.authority}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n`,
+    );
+    assert.equal(res.status, 200);
+    const req = lastRequest(origin);
+    assert.deepEqual(listTokens(req.fields, "content-length"), ["5"]);
+    assert.equal(text(req.body), "abcde");
   });
 });
 
