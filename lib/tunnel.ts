@@ -47,8 +47,8 @@ export interface RelayOptions {
 }
 
 /**
- * Read buffer per direction: it starts small (idle tunnels stay cheap), doubles
- * while reads fill it, up to the size that measured fastest with bench/tunnel.ts
+ * Read buffer per direction: it starts small (idle tunnels stay cheap), jumps to
+ * the largest size when a read fills it, the size that measured fastest with bench/tunnel.ts
  * (64 KiB: 0.43 of direct, 256 KiB: 0.73, 1 MiB: 0.77), and shrinks back when
  * reads come in small.
  */
@@ -89,7 +89,8 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
           if (buf === null || buf.length !== size) buf = new Uint8Array(size);
           const n = await from.conn.read(buf);
           chunk = n === null ? null : buf.subarray(0, n);
-          if (n === size && size < RELAY_BUFFER_BYTES.max) size *= 2;
+          // A full read means bulk data: go straight to the largest buffer; shrink when traffic is light.
+          if (n === size) size = RELAY_BUFFER_BYTES.max;
           else if (n !== null && n < size / 16 && size > RELAY_BUFFER_BYTES.min) size /= 2;
         }
       } catch {
