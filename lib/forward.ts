@@ -146,8 +146,9 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   }
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
   const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing);
-  const retryable = IDEMPOTENT.has(head.method) && framing.kind !== "chunked" &&
-    (framing.kind === "none" || (framing.kind === "length" && framing.length === 0));
+  // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
+  // (head and any body) is in `requestHead` and can be sent again.
+  const retryable = IDEMPOTENT.has(head.method) && body.done;
   for (let attempt = 0;; attempt++) {
     const up = await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
     client.upstream = up.conn;

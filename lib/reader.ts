@@ -29,6 +29,7 @@ export class ConnReader {
   #start = 0;
   #end = 0;
   #last: Uint8Array | null = null;
+  #pending: Promise<number | null> | null = null;
   /** True once the peer has closed its sending side (or reset). */
   eof = false;
 
@@ -58,22 +59,44 @@ export class ConnReader {
       return chunk;
     }
     if (this.eof) return null;
-    if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
-    const n = await this.#conn.read(this.#buf);
+    let pending = this.#pending;
+    this.#pending = null;
+    if (pending === null) {
+      if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
+      pending = this.#conn.read(this.#buf);
+    }
+    const n = await pending;
+    const buf = this.#buf!;
     if (n === null) {
       this.eof = true;
       this.#last = null;
       return null;
     }
-    if (n === this.#size) {
+    if (n === buf.length) {
       this.#size = this.#max; // a full read means a bulk transfer: go straight to the largest buffer
-    } else if (n < this.#size >> 4 && this.#size > this.#min) {
-      this.#size >>= 1;
+    } else if (n < buf.length >> 4 && this.#size > this.#min) {
+      this.#size = buf.length >> 1;
     }
     this.#start = this.#end = n;
-    const chunk = this.#buf.subarray(0, n);
+    const chunk = buf.subarray(0, n);
     this.#last = chunk;
     return chunk;
+  }
+
+  /**
+   * Starts the next read now and returns it; {@link next} continues it instead of
+   * starting another. Used on idle pooled connections: whatever arrives while no
+   * request is outstanding (late bytes, EOF, reset) settles it and shows that the
+   * connection must not be reused.
+   */
+  prefetch(): Promise<number | null> {
+    if (this.#pending !== null) return this.#pending;
+    if (this.#end > this.#start || this.eof) return Promise.resolve(this.#end - this.#start);
+    // An idle connection holds only a small buffer.
+    this.#size = this.#min;
+    if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
+    this.#pending = this.#conn.read(this.#buf);
+    return this.#pending;
   }
 
   /** Gives back the last `count` bytes of the chunk last returned by {@link next}. */

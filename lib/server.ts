@@ -75,30 +75,49 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
 
   const perClient = new Map<string, number>();
   const acceptLoop = (async () => {
-    try {
-      for await (const conn of listener) {
-        conn.setNoDelay(true); // responses are written whole: never wait for Nagle
-        const address = (conn.remoteAddr as Deno.NetAddr).hostname;
-        const fromClient = perClient.get(address) ?? 0;
-        if (sessions.size >= opts.maxConnections || fromClient >= opts.maxConnectionsPerClient) {
-          refuse(conn, sessions.size >= opts.maxConnections ? "max-connections" : "max-connections-per-client");
-          continue;
+    while (!ctx.stopping) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        // shutdown() closed the listener: accept fails with BadResource.
+        if (ctx.stopping || error instanceof Deno.errors.BadResource) return;
+        // A client that reset before we accepted it (ECONNABORTED, ENOTCONN) or fd
+        // exhaustion (EMFILE) ends that accept, never the proxy.
+        logger.log("warn", "accept-failed", { error: describe(error) });
+        if (!(error instanceof Deno.errors.ConnectionAborted || error instanceof Deno.errors.NotConnected)) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
         }
-        perClient.set(address, fromClient + 1);
-        const session = newSession(conn);
-        session.done.finally(() => {
-          const left = (perClient.get(address) ?? 1) - 1;
-          if (left > 0) perClient.set(address, left);
-          else perClient.delete(address);
-        });
-        sessions.add(session);
-        session.done.finally(() => sessions.delete(session));
+        continue;
       }
-    } catch (error) {
-      // The listener was closed by shutdown(): accept fails with BadResource.
-      if (!(error instanceof Deno.errors.BadResource) && !ctx.stopping) throw error;
+      try {
+        admit(conn);
+      } catch (error) {
+        // The socket died between accept and setup (for example reset already): drop it.
+        logger.log("debug", "accept-setup-failed", { error: describe(error) });
+        closeQuietly(conn);
+      }
     }
   })();
+
+  function admit(conn: Deno.TcpConn): void {
+    conn.setNoDelay(true); // responses are written whole: never wait for Nagle
+    const address = (conn.remoteAddr as Deno.NetAddr).hostname;
+    const fromClient = perClient.get(address) ?? 0;
+    if (sessions.size >= opts.maxConnections || fromClient >= opts.maxConnectionsPerClient) {
+      refuse(conn, sessions.size >= opts.maxConnections ? "max-connections" : "max-connections-per-client");
+      return;
+    }
+    perClient.set(address, fromClient + 1);
+    const session = newSession(conn);
+    sessions.add(session);
+    session.done.then(() => {
+      sessions.delete(session);
+      const left = (perClient.get(address) ?? 1) - 1;
+      if (left > 0) perClient.set(address, left);
+      else perClient.delete(address);
+    });
+  }
 
   /** Over a connection limit: answer 503 with Retry-After and close, never queue. */
   function refuse(conn: Deno.TcpConn, why: string): void {

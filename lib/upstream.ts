@@ -150,12 +150,28 @@ export class UpstreamPool {
         return;
       }
     }
-    list.push({ up, since: performance.now() });
+    const entry: Idle = { up, since: performance.now() };
+    list.push(entry);
     this.#idleCount++;
+    // RFC 9112 §9.3: responses pair with requests by order. Bytes or EOF arriving while
+    // no request is outstanding belong to nothing: the connection is dropped, never reused.
+    const drop = () => this.#remove(entry);
+    up.reader.prefetch().then(drop, drop);
     if (this.#sweeper === undefined) {
       this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.min(5000, o.idleTimeoutMs / 4)));
       Deno.unrefTimer(this.#sweeper);
     }
+  }
+
+  /** Removes and closes an idle entry if it is still in the pool. */
+  #remove(entry: Idle): void {
+    const list = this.#idle.get(entry.up.key);
+    const at = list === undefined ? -1 : list.indexOf(entry);
+    if (at === -1) return; // already taken by a request (its response read continues) or closed
+    list!.splice(at, 1);
+    if (list!.length === 0) this.#idle.delete(entry.up.key);
+    this.#idleCount--;
+    closeQuietly(entry.up.conn);
   }
 
   /** Closes every idle connection and refuses new ones into the pool. */
