@@ -12,16 +12,16 @@
 export type Field = [name: string, value: string];
 
 /**
- * Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1), plus the
- * framing field `Transfer-Encoding` and `Content-Length`, which the proxy
- * regenerates for the next hop (RFC 9112 §6).
+ * Hop-by-hop fields a proxy never forwards (RFC 9110 §7.6.1), including the
+ * framing field `Transfer-Encoding`, which the proxy regenerates for the next
+ * hop (RFC 9112 §6). `Trailer` is end-to-end (RFC 9110 §6.6.2): it is dropped
+ * only where no trailer section can follow.
  */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",
   "te",
-  "trailer",
   "transfer-encoding",
   "upgrade",
   "proxy-authorization",

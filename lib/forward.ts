@@ -33,6 +33,8 @@ import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./w
 export interface ExchangeContext {
   readonly options: ResolvedOptions;
   readonly limits: HeadLimits;
+  /** Limits for response heads from origins (looser than for requests). */
+  readonly responseLimits: HeadLimits;
   readonly pool: UpstreamPool;
   readonly logger: Logger;
   /** True once the server is shutting down: responses then close the connection. */
@@ -63,6 +65,8 @@ const RETRY = Symbol("retry");
 /** Bodies up to this size that are already buffered are written together with their head. */
 const INLINE_BODY_BYTES = 16 * 1024;
 const NO_BODY: Framing = Object.freeze({ kind: "none" });
+/** How long the rest of a request body is drained after an early answer before closing. */
+const LINGER_MS = 1000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 const ALLOW = "GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH";
 /** Fields not echoed by TRACE (RFC 9110 §9.3.8: exclude sensitive data). */
@@ -82,15 +86,18 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   if (hosts.length === 0 && head.minor === 1) throw new ParseError("Missing Host field", "missing-host");
   const framing = requestFraming(head);
   const tokens = connectionTokens(fields);
-  const persistent = !ctx.stopping && (head.minor === 1 ? !tokens.has("close") : tokens.has("keep-alive"));
+  // RFC 9112 §9.3: "A proxy server MUST NOT maintain a persistent connection with an
+  // HTTP/1.0 client", whatever keep-alive it asks for.
+  const persistent = !ctx.stopping && head.minor === 1 && !tokens.has("close");
+  const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
   if (head.method === "CONNECT") return await connectTunnel(ctx, client, head);
   const target = head.target;
   if (target === "*") {
     if (head.method !== "OPTIONS") throw new ParseError("Asterisk-form is only valid for OPTIONS", "invalid-target");
     // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7).
-    await writeLocal(client, localResponse(200, { fields: [["Allow", ALLOW]], close: !persistent }));
-    return persistent && framing.kind === "none";
+    await writeLocal(client, localResponse(200, { fields: [["Allow", ALLOW]], close: !persistent || hasBody }));
+    return persistent && !hasBody;
   }
   if (target.charCodeAt(0) === 0x2f) {
     throw new ParseError(
@@ -106,7 +113,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   if (head.method === "TRACE" || head.method === "OPTIONS") {
     const values = getAll(fields, "max-forwards");
     if (values.length > 0) maxForwards = parseDecimal(values[0]);
-    if (maxForwards === 0) return answerMaxForwardsZero(client, head, persistent && framing.kind === "none");
+    if (maxForwards === 0) return answerMaxForwardsZero(client, head, persistent && !hasBody);
   }
 
   // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
@@ -138,12 +145,15 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     const whole = takeBufferedChunked(client.reader);
     if (whole !== null && whole.trailers.length === 0) {
       inline = whole.data;
+      dropField(out, "trailer"); // no trailer section follows a Content-Length body
       out.push(["Content-Length", String(inline.length)]);
     } else {
       out.push(["Transfer-Encoding", "chunked"]);
-      if (whole !== null) inline = encodeChunked(whole.data, endToEndTrailers(whole.trailers));
+      if (whole !== null) inline = encodeChunked(whole.data, endToEndTrailers(whole.trailers, tokens));
     }
   }
+  // Without a chunked body to the origin there is no trailer section to announce.
+  if (framing.kind !== "chunked") dropField(out, "trailer");
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
   const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing);
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
@@ -206,6 +216,7 @@ async function exchange(
   // The request body streams while the response is awaited (100-continue, early answers).
   let clientError: unknown = null;
   let upstreamWriteFailed = false;
+  let discard = false; // after an early answer: drain the client's body instead of forwarding it
   let headSeen = false;
   // The response-head deadline is enforced by the server's sweeper (no timer per request):
   // on expiry it sets client.responseTimedOut and closes the upstream connection.
@@ -231,10 +242,12 @@ async function exchange(
       }
       try {
         if (data === null) {
-          await writer.end(endToEndTrailers(body.trailers));
+          await writer.end(endToEndTrailers(body.trailers, connectionTokens(req.fields)));
           break;
         }
+        if (discard) continue;
         await writer.write(data);
+        client.activity = performance.now();
       } catch {
         // The origin stopped reading (it may have answered early); its response decides.
         upstreamWriteFailed = true;
@@ -248,7 +261,7 @@ async function exchange(
   let res: ResponseHead;
   try {
     while (true) {
-      const parser = new HeadParser("response", ctx.limits);
+      const parser = new HeadParser("response", ctx.responseLimits);
       let got: boolean;
       try {
         got = await up.reader.readHead(parser);
@@ -339,15 +352,25 @@ async function exchange(
     case "chunked":
     case "close":
       if (req.minor === 1) {
-        fields.push(["Transfer-Encoding", "chunked"]);
+        // Codings other than chunked stay applied to the body and stay listed (RFC 9112 §6.1).
+        const codings = resFraming.codings;
+        fields.push(["Transfer-Encoding", codings.length > 0 ? `${codings.join(", ")}, chunked` : "chunked"]);
         chunkedToClient = true;
       } else {
+        if (resFraming.codings.length > 0) {
+          closeQuietly(up.conn);
+          throw new UpstreamError(
+            "The origin used a transfer coding an HTTP/1.0 client cannot receive",
+            "upstream-coding-for-http10",
+          );
+        }
         clientClose = true; // an HTTP/1.0 client sees the end of the body as the close
       }
       break;
   }
+  // Without chunked framing to the client there is no trailer section to announce.
+  if (!chunkedToClient) dropField(fields, "trailer");
   if (clientClose) fields.push(["Connection", "close"]);
-  else if (req.minor === 0) fields.push(["Connection", "keep-alive"]);
 
   // Whatever part of a Content-Length body is already buffered goes out with the head.
   const inline = resFraming.kind === "length" && resFraming.length > 0 && up.reader.buffered > 0
@@ -379,10 +402,11 @@ async function exchange(
     }
     try {
       if (data === null) {
-        await writer.end(chunkedToClient ? endToEndTrailers(resBody.trailers) : []);
+        await writer.end(chunkedToClient ? endToEndTrailers(resBody.trailers, resTokens) : []);
         break;
       }
       await writer.write(data);
+      client.activity = performance.now(); // a slow reader still makes progress
     } catch {
       // The client went away mid-response; the origin side cannot be reused.
       closeQuietly(up.conn);
@@ -391,8 +415,17 @@ async function exchange(
   }
 
   if (early) {
+    // RFC 9112 §9.6: the response said "close", so close now: end our sending side at
+    // once, drain what the client still sends for a moment (a full close with unread
+    // data would reset the connection and could destroy the response), then close.
+    discard = true;
     closeQuietly(up.conn);
-    await pump;
+    try {
+      await client.conn.closeWrite();
+    } catch {
+      // The client is gone already.
+    }
+    await settleWithin(pump, LINGER_MS);
     return false;
   }
   await pump;
@@ -502,13 +535,33 @@ function encodeChunked(data: Uint8Array, trailers: readonly Field[]): Uint8Array
   return out;
 }
 
-/** Trailer fields worth forwarding: drop hop-by-hop and framing fields. */
-function endToEndTrailers(trailers: readonly Field[]): Field[] {
+/**
+ * Trailer fields worth forwarding: drop hop-by-hop and framing fields, and those
+ * named by the message's `Connection` (RFC 9110 §7.6.1 applies to trailers too).
+ */
+function endToEndTrailers(trailers: readonly Field[], connection: ReadonlySet<string>): Field[] {
   if (trailers.length === 0) return [];
   return trailers.filter((f) => {
     const name = f[0].toLowerCase();
-    return !HOP_BY_HOP.has(name) && name !== "content-length" && name !== "host";
+    return !HOP_BY_HOP.has(name) && !connection.has(name) && name !== "content-length" && name !== "host" &&
+      name !== "trailer";
   });
+}
+
+/** Removes every field called `name` (lower-case) in place. */
+function dropField(fields: Field[], name: string): void {
+  for (let i = fields.length - 1; i >= 0; i--) if (fields[i][0].toLowerCase() === name) fields.splice(i, 1);
+}
+
+/** Waits for `promise` or `ms`, whichever is first (the timer is always cleared). */
+async function settleWithin(promise: Promise<unknown> | null, ms: number): Promise<void> {
+  if (promise === null) return;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([promise, new Promise((resolve) => timer = setTimeout(resolve, ms))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function answerMaxForwardsZero(client: ClientSide, head: RequestHead, keepAlive: boolean): Promise<boolean> {

@@ -13,12 +13,15 @@ import type { RequestHead, ResponseHead } from "./head.ts";
 export type Framing =
   | { readonly kind: "none" }
   | { readonly kind: "length"; readonly length: number }
-  | { readonly kind: "chunked" }
-  | { readonly kind: "close" };
+  /** `codings`: transfer codings applied before chunked (kept on the body, responses only). */
+  | { readonly kind: "chunked"; readonly codings: readonly string[] }
+  /** `codings`: transfer codings of a close-delimited body (kept on the body). */
+  | { readonly kind: "close"; readonly codings: readonly string[] };
 
+const NO_CODINGS: readonly string[] = Object.freeze([]);
 const NONE: Framing = Object.freeze({ kind: "none" });
-const CHUNKED: Framing = Object.freeze({ kind: "chunked" });
-const CLOSE: Framing = Object.freeze({ kind: "close" });
+const CHUNKED: Framing = Object.freeze({ kind: "chunked", codings: NO_CODINGS });
+const CLOSE: Framing = Object.freeze({ kind: "close", codings: NO_CODINGS });
 
 /**
  * Parses `Content-Length` (RFC 9110 §8.6): strict digits; repeated or
@@ -105,10 +108,15 @@ export function responseFraming(head: ResponseHead, method: string): Framing {
     if (getAll(head.fields, "content-length").length > 0) {
       throw new ParseError("Cannot accept both Transfer-Encoding and Content-Length", "te-with-cl");
     }
-    if (codings.length !== 1 || codings[0] !== "chunked") {
-      // Other codings would have to be kept and re-framed for the client; refuse instead.
-      throw new ParseError("Cannot relay a transfer coding other than chunked", "unsupported-transfer-coding");
+    const chunkedAt = codings.indexOf("chunked");
+    if (chunkedAt !== -1 && (chunkedAt !== codings.length - 1 || codings.lastIndexOf("chunked") !== chunkedAt)) {
+      // RFC 9112 §6.1: chunked is applied once and last; anything else cannot be framed.
+      throw new ParseError("Cannot relay a response with chunked not the final transfer coding", "te-not-chunked");
     }
+    // RFC 9112 §6.3: a final chunked frames the body; otherwise it runs until close.
+    // Other codings stay applied and are relayed.
+    if (chunkedAt === -1) return { kind: "close", codings };
+    if (codings.length > 1) return { kind: "chunked", codings: codings.slice(0, -1) };
     return CHUNKED;
   }
   const length = contentLength(head.fields);

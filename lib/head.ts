@@ -144,6 +144,9 @@ export class HeadParser {
         this.#bytes = chunk;
       }
       pos = lf + 1;
+      // Limits are checked in the same order as for a partial line (#checkPartial), so
+      // the outcome never depends on how the bytes were split.
+      if (!this.#startLineDone && end - start > this.#limits.maxRequestLineBytes + 1) throw this.#startLineTooLong();
       this.bytesConsumed += end - start + 1;
       if (this.bytesConsumed > this.#limits.maxHeadBytes) throw this.#tooLarge();
       // RFC 9112 §2.2: a bare LF line terminator is only a MAY; refuse it (smuggling vector).
@@ -199,11 +202,15 @@ export class HeadParser {
     this.#carryLength = need;
   }
 
+  #startLineTooLong(): Error {
+    return this.#kind === "request"
+      ? new UriTooLongError()
+      : new ParseError("Cannot parse status line: too long", "status-line-too-long");
+  }
+
   #checkPartial(): void {
     if (!this.#startLineDone && this.#carryLength > this.#limits.maxRequestLineBytes + 1) {
-      throw this.#kind === "request"
-        ? new UriTooLongError()
-        : new ParseError("Cannot parse status line: too long", "status-line-too-long");
+      throw this.#startLineTooLong();
     }
     if (this.bytesConsumed + this.#carryLength > this.#limits.maxHeadBytes) {
       throw this.#tooLarge();

@@ -40,11 +40,12 @@ export function localResponse(status: number, options: LocalResponseOptions = {}
 /**
  * The response for an error: its status and a short plain-text body naming the
  * cause. Messages of the proxy's own errors are fixed strings written by us
- * (never attacker input); anything else becomes a generic 500.
+ * (never attacker input); anything else becomes a generic 500. For a HEAD
+ * request (`head`), no body is sent (RFC 9110 §9.3.2).
  */
-export function errorResponse(error: unknown, close = true): Uint8Array {
+export function errorResponse(error: unknown, close = true, head = false): Uint8Array {
   if (error instanceof ProxyError) {
-    return localResponse(error.status, { body: `${error.message}\n`, close });
+    return localResponse(error.status, { body: `${error.message}\n`, close, head });
   }
-  return localResponse(500, { body: "Internal proxy error\n", close });
+  return localResponse(500, { body: "Internal proxy error\n", close, head });
 }

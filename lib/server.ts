@@ -32,6 +32,8 @@ export interface ProxyHandle {
 
 interface Session extends ClientSide {
   busy: boolean;
+  /** Method of the request being handled ("" before the first head). */
+  method: string;
   /** Waiting for a request head (the head or idle deadline applies). */
   waitingHead: boolean;
   /** Whether a byte of the awaited head has arrived. */
@@ -55,6 +57,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     maxHeadBytes: opts.maxHeadBytes,
     maxFields: opts.maxFields,
   };
+  // Responses legitimately carry more fields (many Set-Cookie lines): looser, still bounded.
+  const responseLimits: HeadLimits = {
+    maxRequestLineBytes: Math.max(opts.maxRequestLineBytes, 8192),
+    maxHeadBytes: Math.max(opts.maxHeadBytes, 256 * 1024),
+    maxFields: Math.max(opts.maxFields, 1000),
+  };
   const pool = new UpstreamPool({
     connectTimeoutMs: opts.connectTimeoutMs,
     maxIdlePerOrigin: opts.maxIdlePerOrigin,
@@ -67,6 +75,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const ctx: ExchangeContext & { stopping: boolean } = {
     options: opts,
     limits,
+    responseLimits,
     pool,
     logger,
     stopping: false,
@@ -169,6 +178,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       finalHeadSent: false,
       upstream: null,
       busy: false,
+      method: "",
       waitingHead: false,
       headStarted: false,
       deadline: 0,
@@ -197,6 +207,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         return;
       }
       if (head === null) return;
+      s.method = head.method;
       first = false;
       s.busy = true;
       s.finalHeadSent = false;
@@ -278,7 +289,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       logger.log("info", "upstream-error", { code: error.code });
     }
     if (s.finalHeadSent) return;
-    await tryWrite(s, errorResponse(error));
+    await tryWrite(s, errorResponse(error, true, s.method === "HEAD"));
   }
 
   async function tryWrite(s: Session, bytes: Uint8Array): Promise<void> {

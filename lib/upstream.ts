@@ -50,7 +50,12 @@ export async function connectUpstream(hostname: string, port: number, timeoutMs:
   const timer = setTimeout(() => abort.abort(), timeoutMs);
   try {
     const conn = await Deno.connect({ hostname, port, signal: abort.signal });
-    conn.setNoDelay(true); // heads and bodies are written whole: never wait for Nagle
+    try {
+      conn.setNoDelay(true); // heads and bodies are written whole: never wait for Nagle
+    } catch (error) {
+      closeQuietly(conn);
+      throw error;
+    }
     return conn;
   } catch (error) {
     throw classifyConnectError(error, abort.signal.aborted);

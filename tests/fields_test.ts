@@ -106,7 +106,8 @@ Deno.test("stripHopByHop keeps only end-to-end fields (RFC 9110 §7.6.1)", async
       wire: `Connection: close\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n` +
         `Trailer: X-Sum\r\nTransfer-Encoding: chunked\r\nUpgrade: websocket\r\nProxy-Authorization: Basic eA==\r\n` +
         `Proxy-Authenticate: Basic\r\nContent-Length: 5\r\nHost: a\r\n\r\n`,
-      expect: [["Host", "a"]],
+      // Trailer is end-to-end (RFC 9110 §6.6.2); the proxy drops it only where no trailers follow.
+      expect: [["Trailer", "X-Sum"], ["Host", "a"]],
     },
     {
       name: "hop-by-hop names matched in any case",
@@ -158,10 +159,11 @@ Deno.test("stripHopByHop leaves its input untouched", () => {
 Deno.test("HOP_BY_HOP holds lower-case names", () => {
   for (const name of HOP_BY_HOP) assert.equal(name, name.toLowerCase());
   for (
-    const name of ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"]
+    const name of ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"]
   ) {
     assert.ok(HOP_BY_HOP.has(name), name);
   }
+  assert.ok(!HOP_BY_HOP.has("trailer"), "Trailer is end-to-end (RFC 9110 §6.6.2)");
 });
 
 Deno.test("viaContains finds this proxy's pseudonym in Via (RFC 9110 §7.6.3)", async (t) => {
