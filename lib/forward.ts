@@ -221,9 +221,19 @@ async function exchange(
   // The response-head deadline is enforced by the server's sweeper (no timer per request):
   // on expiry it sets client.responseTimedOut and closes the upstream connection.
   client.responseTimedOut = false;
+  let clientGone = false;
   const startResponseTimer = () => {
     client.inBody = false;
     client.responseDeadline = performance.now() + ctx.options.responseTimeoutMs;
+    // The request is out: start the client's next read now (it is needed for the next
+    // request anyway) so a client that resets while we wait is noticed at once and the
+    // origin request is abandoned. A FIN is a legitimate half-close and changes nothing;
+    // pipelined bytes simply stay buffered.
+    client.reader.prefetch().catch(() => {
+      if (headSeen) return; // the exchange moved on: the connection may be pooled for others now
+      clientGone = true;
+      closeQuietly(up.conn);
+    });
   };
   client.inBody = true;
   client.activity = performance.now();
@@ -268,6 +278,7 @@ async function exchange(
       } catch (error) {
         closeQuietly(up.conn);
         if (clientError !== null) throw clientError;
+        if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
         if (client.responseTimedOut) {
           throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
         }
@@ -284,6 +295,7 @@ async function exchange(
       if (!got) {
         closeQuietly(up.conn);
         if (clientError !== null) throw clientError;
+        if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
         if (client.responseTimedOut) {
           throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
         }

@@ -45,6 +45,11 @@ export class ConnReader {
     this.#size = minBytes;
   }
 
+  /** True while a read started by {@link prefetch} has not been taken by {@link next}. */
+  get reading(): boolean {
+    return this.#pending !== null;
+  }
+
   /** Bytes buffered and not yet consumed. */
   get buffered(): number {
     return this.#end - this.#start;

@@ -84,7 +84,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
     while (true) {
       let chunk: Uint8Array | null;
       try {
-        if (from.reader.buffered > 0) chunk = await from.reader.next();
+        if (from.reader.buffered > 0 || from.reader.reading) chunk = await from.reader.next();
         else {
           if (buf === null || buf.length !== size) buf = new Uint8Array(size);
           const n = await from.conn.read(buf);
