@@ -32,7 +32,16 @@ const origin = Deno.serve(
 const originPort = origin.addr.port;
 
 const proxy = new Deno.Command(Deno.execPath(), {
-  args: ["run", "--allow-net", new URL("../main.ts", import.meta.url).pathname, "--port", "0", "--log-level", "warn"],
+  args: [
+    "run",
+    "--allow-net",
+    "--v8-flags=--max-semi-space-size=2",
+    new URL("../main.ts", import.meta.url).pathname,
+    "--port",
+    "0",
+    "--log-level",
+    "warn",
+  ],
   stdout: "piped",
   stderr: "inherit",
 }).spawn();

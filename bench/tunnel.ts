@@ -41,6 +41,7 @@ const proxy = new Deno.Command(Deno.execPath(), {
   args: [
     "run",
     "--allow-net",
+    "--v8-flags=--max-semi-space-size=2",
     new URL("../main.ts", import.meta.url).pathname,
     "--port",
     "0",
