@@ -146,7 +146,8 @@ export class HeadParser {
       pos = lf + 1;
       // Limits are checked in the same order as for a partial line (#checkPartial), so
       // the outcome never depends on how the bytes were split.
-      if (!this.#startLineDone && end - start > this.#limits.maxRequestLineBytes + 1) throw this.#startLineTooLong();
+      const limitError = this.#limitError(end - start);
+      if (limitError !== null) throw limitError;
       this.bytesConsumed += end - start + 1;
       if (this.bytesConsumed > this.#limits.maxHeadBytes) throw this.#tooLarge();
       // RFC 9112 §2.2: a bare LF line terminator is only a MAY; refuse it (smuggling vector).
@@ -209,12 +210,20 @@ export class HeadParser {
   }
 
   #checkPartial(): void {
-    if (!this.#startLineDone && this.#carryLength > this.#limits.maxRequestLineBytes + 1) {
-      throw this.#startLineTooLong();
-    }
-    if (this.bytesConsumed + this.#carryLength > this.#limits.maxHeadBytes) {
-      throw this.#tooLarge();
-    }
+    const error = this.#limitError(this.#carryLength);
+    if (error !== null) throw error;
+  }
+
+  /**
+   * The limit error for a line of `length` bytes (without its LF), or null. When
+   * both limits are exceeded, the one a byte-by-byte reader would cross first
+   * wins, so the outcome never depends on how the bytes were split.
+   */
+  #limitError(length: number): Error | null {
+    const headAt = this.#limits.maxHeadBytes - this.bytesConsumed + 1; // first length over the head limit
+    const lineAt = this.#startLineDone ? Infinity : this.#limits.maxRequestLineBytes + 2;
+    if (length < headAt && length < lineAt) return null;
+    return lineAt <= headAt ? this.#startLineTooLong() : this.#tooLarge();
   }
 
   #tooLarge(): Error {
