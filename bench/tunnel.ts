@@ -10,7 +10,11 @@ import { parseArgs } from "node:util";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { bytes: { type: "string", default: String(1 << 30) }, rounds: { type: "string", default: "3" } },
+  options: {
+    bytes: { type: "string", default: String(1 << 30) },
+    rounds: { type: "string", default: "3" },
+    pin: { type: "boolean", default: false },
+  },
 });
 const TOTAL = Number(values.bytes);
 const ROUNDS = Number(values.rounds);
@@ -37,8 +41,11 @@ const originPort = (origin.addr as Deno.NetAddr).port;
   }
 })();
 
-const proxy = new Deno.Command(Deno.execPath(), {
+// --pin: the proxy runs on CPU 0 (run this script itself under `taskset -c 1`), as in the
+// shared harness, so the proxy and the endpoints never compete for a core.
+const proxy = new Deno.Command(values.pin ? "taskset" : Deno.execPath(), {
   args: [
+    ...(values.pin ? ["-c", "0", Deno.execPath()] : []),
     "run",
     "--allow-net",
     "--v8-flags=--max-semi-space-size=2",
