@@ -24,7 +24,7 @@ import type { ResolvedOptions } from "./options.ts";
 import { type BodyReader, bodyReader, ConnReader, takeBufferedChunked } from "./reader.ts";
 import { localResponse } from "./respond.ts";
 import { httpDate, serializeHead } from "./serialize.ts";
-import { parseAbsoluteTarget, parseAuthority } from "./target.ts";
+import { isValidHost, parseAbsoluteTarget, parseAuthority } from "./target.ts";
 import { relay, type TunnelStats } from "./tunnel.ts";
 import { closeQuietly, connectUpstream, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
 import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./writer.ts";
@@ -84,6 +84,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   const hosts = getAll(fields, "host");
   if (hosts.length > 1) throw new ParseError("Cannot accept more than one Host field", "multiple-host");
   if (hosts.length === 0 && head.minor === 1) throw new ParseError("Missing Host field", "missing-host");
+  if (hosts.length === 1 && !isValidHost(hosts[0])) throw new ParseError("Invalid Host field", "invalid-host");
   const framing = requestFraming(head);
   const tokens = connectionTokens(fields);
   // RFC 9112 §9.3: "A proxy server MUST NOT maintain a persistent connection with an

@@ -283,11 +283,11 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       // Socket errors (reset, broken pipe) end the session without a response.
       if (isSocketError(error)) return;
       logger.log("error", "internal-error", { error: String(error) });
-    } else if (error instanceof PrematureEofError) {
-      return;
     } else if (error.status >= 500) {
       logger.log("info", "upstream-error", { code: error.code });
     }
+    // An incomplete request (the client half-closed mid-head or mid-body) still gets its
+    // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
     if (s.finalHeadSent) return;
     await tryWrite(s, errorResponse(error, true, s.method === "HEAD"));
   }

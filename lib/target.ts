@@ -104,3 +104,15 @@ export function parseAuthority(authority: string, defaultPort: number): { hostna
   }
   return { hostname: host.toLowerCase(), port };
 }
+
+// Host = uri-host [ ":" port ] (RFC 9110 §7.2); uri-host = IP-literal / IPv4address / reg-name.
+const HOST_FIELD = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+
+/**
+ * Whether a `Host` field value is syntactically valid (RFC 9110 §7.2). An empty
+ * value is valid (a URI with an empty authority). RFC 9112 §3.2: a server MUST
+ * answer 400 to a Host field with an invalid value.
+ */
+export function isValidHost(value: string): boolean {
+  return HOST_FIELD.test(value);
+}
