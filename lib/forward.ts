@@ -524,7 +524,7 @@ async function connectTunnel(ctx: ExchangeContext, client: ClientSide, head: Req
 }
 
 function reportTunnel(ctx: ExchangeContext, stats: TunnelStats, kind: "connect" | "upgrade"): void {
-  ctx.logger.log("debug", "tunnel-end", { kind, ...stats });
+  ctx.logger.log(stats.end === "idle-timeout" ? "info" : "debug", "tunnel-end", { kind, ...stats });
   ctx.options.onTunnelEnd?.(stats);
 }
 

@@ -266,6 +266,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     s.timedOut = true;
     s.waitingHead = false;
     if (!s.headStarted) {
+      logger.log("debug", "idle-timeout", { client: peer(s.conn) });
       closeQuietly(s.conn);
       return;
     }
@@ -323,6 +324,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       const grace = new Promise<void>((resolve) => graceTimer = setTimeout(resolve, graceMs));
       await Promise.race([Promise.all([...sessions].map((s) => s.done)), grace]);
       clearTimeout(graceTimer);
+      if (sessions.size > 0) logger.log("warn", "grace-expired", { closing: sessions.size });
       abort.abort();
       for (const s of sessions) {
         closeQuietly(s.conn);
