@@ -266,7 +266,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     s.timedOut = true;
     s.waitingHead = false;
     if (!s.headStarted) {
-      logger.log("debug", "idle-timeout", { client: peer(s.conn) });
+      // A fresh connection that sent nothing ran into the head timeout; a kept-alive one idled.
+      logger.log("debug", s.method === "" ? "header-timeout" : "idle-timeout", { client: peer(s.conn) });
       closeQuietly(s.conn);
       return;
     }
