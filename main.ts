@@ -30,6 +30,8 @@ Options:
   --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default 443)
   --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default 0)
   --log-level LEVEL           debug, info, warn, error or silent (default info)
+  --workers N|auto            event loops (threads) sharing the port (default 1); needs
+                              --unstable-net and --allow-read (see README)
   -h, --help                  print this help and exit
   -V, --version               print the version and exit
 
@@ -54,7 +56,7 @@ function count(flag: string, text: string | undefined): number | undefined {
   return Number(text);
 }
 
-function main(args: string[]): void {
+async function main(args: string[]): Promise<void> {
   let values;
   try {
     ({ values } = parseArgs({
@@ -76,6 +78,7 @@ function main(args: string[]): void {
         "connect-ports": { type: "string" },
         "tunnel-idle-timeout": { type: "string" },
         "log-level": { type: "string" },
+        workers: { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -133,25 +136,80 @@ function main(args: string[]): void {
     fail(`invalid --via: must be a token`);
   }
 
+  const workers = workerCount(values.workers);
+  // SO_REUSEPORT is behind --unstable-net; without it Deno would exit on the listen call.
+  if (workers > 1 && typeof (Deno as unknown as Record<string, unknown>).listenDatagram !== "function") {
+    fail(
+      "--workers needs --unstable-net (SO_REUSEPORT) and read access to lib/worker.ts, e.g.\n" +
+        "  deno run --allow-net --allow-read --unstable-net main.ts --workers auto",
+    );
+  }
+
   let proxy;
   try {
-    proxy = startProxy(options);
+    proxy = startProxy({ ...options, reusePort: workers > 1 });
   } catch (error) {
     console.error(`waypost: cannot listen: ${error instanceof Error ? error.message : error}`);
     Deno.exit(1);
   }
   const { hostname, port: bound } = proxy.addr;
+  const threads = await startWorkers(workers - 1, { ...options, logger: undefined, port: bound }, level);
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
-  console.log(`waypost listening on http://${shown}:${bound}`);
+  console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);
 
   let signals = 0;
   const onSignal = () => {
     if (++signals > 1) Deno.exit(0); // a second signal exits at once
-    proxy.shutdown(graceMs).then(() => Deno.exit(0));
+    Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs))]).then(() => Deno.exit(0));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
 }
 
+/** `--workers`: a count, or `auto` for the number of cores (default 1). */
+function workerCount(text: string | undefined): number {
+  if (text === undefined) return 1;
+  if (text === "auto") return Math.max(1, navigator.hardwareConcurrency || 1);
+  if (!/^[0-9]{1,3}$/.test(text) || Number(text) < 1 || Number(text) > 256) {
+    fail(`invalid --workers: ${JSON.stringify(text)} (a count or "auto")`);
+  }
+  return Number(text);
+}
+
+/** Starts `count` worker threads, each a proxy on the same port; resolves when all listen. */
+function startWorkers(count: number, options: ProxyOptions, logLevel: LogLevel): Promise<Worker[]> {
+  const started = Array.from({ length: count }, () =>
+    new Promise<Worker>((resolve) => {
+      const worker = new Worker(import.meta.resolve("./lib/worker.ts"), { type: "module" });
+      worker.onerror = (event) => {
+        event.preventDefault();
+        console.error(`waypost: a worker failed: ${event.message}`);
+        Deno.exit(1);
+      };
+      worker.onmessage = (event) => {
+        if (event.data?.type === "listening") resolve(worker);
+        else if (event.data?.type === "error") {
+          console.error(`waypost: a worker cannot listen: ${event.data.message}`);
+          Deno.exit(1);
+        }
+      };
+      worker.postMessage({ type: "start", options, logLevel });
+    }));
+  return Promise.all(started);
+}
+
+/** Asks a worker to shut down gracefully and waits until it has stopped. */
+function stopWorker(worker: Worker, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    worker.onmessage = (event) => {
+      if (event.data?.type === "stopped") {
+        worker.terminate();
+        resolve();
+      }
+    };
+    worker.postMessage({ type: "shutdown", graceMs });
+  });
+}
+
 // `deno task start -- --port 1` passes the "--" through; accept it.
-main(Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args);
+await main(Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args);

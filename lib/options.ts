@@ -44,6 +44,11 @@ export interface ProxyOptions {
   upstreamIdleTimeoutMs?: number;
   /** Where log records go [a logger that prints warnings and errors to stderr]. */
   logger?: Logger;
+  /**
+   * Share the port with other listeners (SO_REUSEPORT), as `--workers` does; needs
+   * `--unstable-net` [false].
+   */
+  reusePort?: boolean;
   /** Aborting this signal starts a graceful shutdown. */
   signal?: AbortSignal;
   /** Called when a CONNECT tunnel or upgraded connection ends, with its byte counts and ending. */
@@ -76,6 +81,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
   tunnelIdleTimeoutMs: 0,
   maxIdlePerOrigin: 256,
   upstreamIdleTimeoutMs: 30_000,
+  reusePort: false,
 });
 
 /** Fills in defaults and validates values. */

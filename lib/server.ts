@@ -51,7 +51,9 @@ const TIMEOUT = Symbol("timeout");
 export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const opts: ResolvedOptions = resolveOptions(options);
   const logger: Logger = opts.logger ?? consoleLogger("warn");
-  const listener = Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp" });
+  const listener = opts.reusePort
+    ? Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp", reusePort: true })
+    : Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp" });
   const limits: HeadLimits = {
     maxRequestLineBytes: opts.maxRequestLineBytes,
     maxHeadBytes: opts.maxHeadBytes,

@@ -1,0 +1,104 @@
+/**
+ * `--workers N`: N event loops (worker threads) share the port with SO_REUSEPORT.
+ * Runs the CLI as a child process, as a user would.
+ */
+import assert from "node:assert/strict";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const LIB = new URL("../lib", import.meta.url).pathname;
+
+async function readLine(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const reader = stream.getReader();
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return text;
+}
+
+async function get(proxyPort: number, originPort: number, path: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        `GET http://127.0.0.1:${originPort}${path} HTTP/1.1\r\nHost: 127.0.0.1:${originPort}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    const buf = new Uint8Array(4096);
+    let text = "";
+    while (true) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    return text;
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("--workers 2: every request is served through the shared port, SIGTERM stops all threads", async () => {
+  const origin = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req) => new Response(`ok ${new URL(req.url).pathname}`),
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      `--allow-read=${LIB}`,
+      "--unstable-net",
+      MAIN,
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--log-level",
+      "warn",
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    const line = await readLine(child.stdout);
+    assert.match(line, /listening on http:\/\/127\.0\.0\.1:\d+ \(2 workers\)/);
+    const port = Number(/:(\d+) /.exec(line)![1]);
+    const answers = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => get(port, origin.addr.port, `/w${i}`)),
+    );
+    answers.forEach((text, i) => {
+      assert.ok(text.startsWith("HTTP/1.1 200 "), text.slice(0, 40));
+      assert.ok(text.endsWith(`ok /w${i}`), text.slice(-20));
+    });
+    child.kill("SIGTERM");
+    const status = await child.status;
+    assert.equal(status.code, 0);
+  } finally {
+    await child.stdout.cancel().catch(() => {
+      // Already released or closed: nothing left to cancel.
+    });
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await child.status;
+    await origin.shutdown();
+  }
+});
+
+Deno.test("--workers without --unstable-net is a usage error (exit 2), not a crash", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", MAIN, "--port", "0", "--workers", "2"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 2);
+  assert.match(new TextDecoder().decode(out.stderr), /--unstable-net/);
+});
