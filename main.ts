@@ -160,7 +160,9 @@ async function main(args: string[]): Promise<void> {
   let signals = 0;
   const onSignal = () => {
     if (++signals > 1) Deno.exit(0); // a second signal exits at once
-    Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs))]).then(() => Deno.exit(0));
+    Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs))])
+      .catch((error) => console.error(`waypost: shutdown: ${error instanceof Error ? error.message : error}`))
+      .finally(() => Deno.exit(0));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
@@ -201,11 +203,15 @@ function startWorkers(count: number, options: ProxyOptions, logLevel: LogLevel):
 /** Asks a worker to shut down gracefully and waits until it has stopped. */
 function stopWorker(worker: Worker, graceMs: number): Promise<void> {
   return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      worker.terminate();
+      resolve();
+    };
+    // A worker that does not report back within the grace period (plus a margin) is terminated.
+    const timer = setTimeout(done, graceMs + 2000);
     worker.onmessage = (event) => {
-      if (event.data?.type === "stopped") {
-        worker.terminate();
-        resolve();
-      }
+      if (event.data?.type === "stopped") done();
     };
     worker.postMessage({ type: "shutdown", graceMs });
   });

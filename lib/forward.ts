@@ -17,7 +17,7 @@ import {
   UpstreamTimeoutError,
 } from "./errors.ts";
 import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, trimOws, viaContains } from "./fields.ts";
-import { type Framing, requestFraming, responseFraming } from "./framing.ts";
+import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import type { Logger } from "./log.ts";
 import type { ResolvedOptions } from "./options.ts";
@@ -143,7 +143,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     if (framing.length > 0 && framing.length <= INLINE_BODY_BYTES) inline = client.reader.take(framing.length);
     out.push(["Content-Length", String(framing.length)]);
   } else if (framing.kind === "chunked") {
-    const whole = takeBufferedChunked(client.reader);
+    const whole = takeBufferedChunked(client.reader, INLINE_BODY_BYTES);
     if (whole !== null && whole.trailers.length === 0) {
       inline = whole.data;
       dropField(out, "trailer"); // no trailer section follows a Content-Length body
@@ -352,10 +352,15 @@ async function exchange(
   let chunkedToClient = false;
   switch (resFraming.kind) {
     case "none": {
-      // HEAD and 304 responses keep the length they announce.
-      const cl = getAll(res.fields, "content-length");
-      if (cl.length > 0 && res.status !== 204 && res.status >= 200) {
-        fields.push(["Content-Length", trimOws(cl[0].split(",")[0])]);
+      // HEAD and 304 responses keep the length they announce, if it is a valid one.
+      if (res.status !== 204 && res.status >= 200) {
+        let length = -1;
+        try {
+          length = contentLength(res.fields);
+        } catch {
+          // An invalid length on a body-less response is dropped rather than relayed.
+        }
+        if (length >= 0) fields.push(["Content-Length", String(length)]);
       }
       break;
     }

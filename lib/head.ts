@@ -243,11 +243,7 @@ export class HeadParser {
         this.bytesConsumed -= 2; // leading empty lines do not count towards the head
         return;
       }
-      if (end - start > this.#limits.maxRequestLineBytes) {
-        throw this.#kind === "request"
-          ? new UriTooLongError()
-          : new ParseError("Cannot parse status line: too long", "status-line-too-long");
-      }
+      // (The start-line limit was checked in push(), before this line was handled.)
       if (this.#kind === "request") this.#requestLine(b, start, end);
       else this.#statusLine(b, start, end);
       this.#startLineDone = true;

@@ -278,22 +278,26 @@ class CloseDelimitedBody implements BodyReader {
 
 /**
  * Decodes a chunked body that is already entirely buffered, consuming it.
- * Returns null (consuming nothing) when the body continues past the buffer.
+ * Returns null (consuming nothing) when the body continues past the buffer or
+ * decodes to more than `maxBytes`.
  *
  * @throws {ParseError} when the buffered bytes are not valid chunked framing.
  */
 export function takeBufferedChunked(
   reader: ConnReader,
+  maxBytes: number,
   limits?: ChunkedLimits,
 ): { data: Uint8Array; trailers: readonly [string, string][] } | null {
   const input = reader.peek();
   if (input.length === 0) return null;
   const dec = new ChunkedDecoder(limits);
-  const out = new Uint8Array(input.length);
+  const out = new Uint8Array(Math.min(input.length, maxBytes));
   let length = 0;
   let used = 0;
   while (used < input.length && !dec.done) {
-    used += dec.step(input.subarray(used));
+    const n = dec.step(input.subarray(used), out.length - length);
+    if (n === 0) return null; // more data than maxBytes: the streaming path takes it from the start
+    used += n;
     if (dec.data !== null) {
       out.set(dec.data, length);
       length += dec.data.length;

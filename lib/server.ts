@@ -32,8 +32,10 @@ export interface ProxyHandle {
 
 interface Session extends ClientSide {
   busy: boolean;
-  /** Method of the request being handled ("" before the first head). */
+  /** Method of the request being handled ("" while waiting for a head). */
   method: string;
+  /** Requests this connection has carried. */
+  requests: number;
   /** Waiting for a request head (the head or idle deadline applies). */
   waitingHead: boolean;
   /** Whether a byte of the awaited head has arrived. */
@@ -181,6 +183,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       upstream: null,
       busy: false,
       method: "",
+      requests: 0,
       waitingHead: false,
       headStarted: false,
       deadline: 0,
@@ -200,6 +203,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   async function serveClient(s: Session): Promise<void> {
     let first = true;
     while (!ctx.stopping) {
+      // Per-request state: an error in this head must still be answered (the previous
+      // response's head is not this one's), and HEAD-ness belongs to this request.
+      s.finalHeadSent = false;
+      s.method = "";
       let head: RequestHead | null;
       try {
         head = await readRequestHead(s, first);
@@ -210,9 +217,9 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       }
       if (head === null) return;
       s.method = head.method;
+      s.requests++;
       first = false;
       s.busy = true;
-      s.finalHeadSent = false;
       try {
         const again = await handleRequest(ctx, s, head);
         if (!again) return;
@@ -269,7 +276,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     s.waitingHead = false;
     if (!s.headStarted) {
       // A fresh connection that sent nothing ran into the head timeout; a kept-alive one idled.
-      logger.log("debug", s.method === "" ? "header-timeout" : "idle-timeout", { client: peer(s.conn) });
+      logger.log("debug", s.requests === 0 ? "header-timeout" : "idle-timeout", { client: peer(s.conn) });
       closeQuietly(s.conn);
       return;
     }

@@ -29,6 +29,8 @@ self.onmessage = (event: MessageEvent) => {
     }
   } else if (message.type === "shutdown") {
     const stopping = proxy?.shutdown(message.graceMs) ?? Promise.resolve();
-    stopping.then(() => self.postMessage({ type: "stopped" }));
+    stopping.catch(() => {
+      // Stopping failed part-way; the main thread terminates this thread either way.
+    }).finally(() => self.postMessage({ type: "stopped" }));
   }
 };

@@ -397,3 +397,44 @@ Deno.test("a response with 150 Set-Cookie fields is relayed", async () => {
   assert.equal(text(res.body), "many");
   assert.deepEqual(fieldValues(res.fields, "set-cookie"), cookies);
 });
+
+Deno.test("a malformed second request on a kept-alive connection still gets its 400", async (t) => {
+  // Old behaviour: the flag "final head sent" from the first response was still set, so the
+  // error of the second head was never answered: 200, then a silent close.
+  await using origin = startOrigin(echoTarget);
+  await using proxy = startTestProxy();
+  for (
+    const [name, bad, status] of [
+      [
+        "invalid field name",
+        `GET ${origin.url("/b")} HTTP/1.1\r\nHost: ${origin.authority}\r\nBad Name: x\r\n\r\n`,
+        400,
+      ],
+      ["HTTP/2.0 request line", `GET ${origin.url("/b")} HTTP/2.0\r\n\r\n`, 505],
+    ] as const
+  ) {
+    await t.step(name, async () => {
+      await using client = await proxy.connect();
+      await client.write(get(origin.url("/a")));
+      assert.equal((await client.response()).status, 200);
+      await client.write(bad);
+      const res = await client.response();
+      assert.equal(res.status, status);
+      assert.ok(listTokens(res.fields, "connection").includes("close"));
+      await client.assertClosed();
+    });
+  }
+});
+
+Deno.test("after a HEAD, the next request's error response carries its body", async () => {
+  // Old behaviour: the method of the previous request (HEAD) was still recorded.
+  await using origin = startOrigin(echoTarget);
+  await using proxy = startTestProxy();
+  await using client = await proxy.connect();
+  await client.write(`HEAD ${origin.url("/h")} HTTP/1.1\r\nHost: ${origin.authority}\r\n\r\n`);
+  assert.equal((await client.response("HEAD")).status, 200);
+  await client.write(`GET ${origin.url("/b")} HTTP/1.1\r\nHost: ${origin.authority}\r\nBad Name: x\r\n\r\n`);
+  const res = await client.response();
+  assert.equal(res.status, 400);
+  assert.ok(res.body.length > 0);
+});
