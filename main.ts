@@ -11,6 +11,16 @@ import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
 import { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
 import { startProxy } from "./lib/server.ts";
 
+/** Shutdown grace period when --grace is not given. */
+const DEFAULT_GRACE_MS = 10_000;
+
+/** Formats a duration in ms the way the flags accept it (`10s`, `2m`, `500ms`). */
+function ms(value: number): string {
+  if (value % 60_000 === 0 && value > 0) return `${value / 60_000}m`;
+  if (value % 1000 === 0) return `${value / 1000}s`;
+  return `${value}ms`;
+}
+
 const USAGE = `Usage: waypost [options]
 
 A forward HTTP/1.1 proxy. Point clients at it with http_proxy=http://HOST:PORT.
@@ -19,16 +29,16 @@ Options:
   --host HOST                 address to listen on (default ${DEFAULTS.hostname})
   --port PORT                 port to listen on, 0 picks a free one (default ${DEFAULTS.port})
   --via NAME                  pseudonym in the Via field, used for loop detection (default ${DEFAULTS.via})
-  --connect-timeout DURATION  upstream connect timeout, then 504 (default 10s)
-  --response-timeout DURATION wait for the origin's response head, then 504 (default 60s)
-  --header-timeout DURATION   time to receive a request head (default 30s)
-  --idle-timeout DURATION     keep-alive idle time between requests (default 60s)
-  --body-timeout DURATION     abort an exchange whose body stalls this long (default 2m)
-  --max-connections N         client connections at most, more get 503 (default 4096)
-  --max-connections-per-client N  per client address (default 256)
-  --grace DURATION            shutdown grace period for in-flight exchanges (default 10s)
-  --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default 443)
-  --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default 0)
+  --connect-timeout DURATION  upstream connect timeout, then 504 (default ${ms(DEFAULTS.connectTimeoutMs)})
+  --response-timeout DURATION wait for the origin's response head, then 504 (default ${ms(DEFAULTS.responseTimeoutMs)})
+  --header-timeout DURATION   time to receive a request head (default ${ms(DEFAULTS.headerTimeoutMs)})
+  --idle-timeout DURATION     keep-alive idle time between requests (default ${ms(DEFAULTS.idleTimeoutMs)})
+  --body-timeout DURATION     abort an exchange whose body stalls this long (default ${ms(DEFAULTS.bodyTimeoutMs)})
+  --max-connections N         client connections at most, more get 503 (default ${DEFAULTS.maxConnections})
+  --max-connections-per-client N  per client address (default ${DEFAULTS.maxConnectionsPerClient})
+  --grace DURATION            shutdown grace period for in-flight exchanges (default ${ms(DEFAULT_GRACE_MS)})
+  --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default ${DEFAULTS.connectPorts})
+  --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default ${DEFAULTS.tunnelIdleTimeoutMs})
   --log-level LEVEL           debug, info, warn, error or silent (default info)
   --workers N|auto            event loops (threads) sharing the port (default 1); needs
                               --unstable-net and --allow-read (see README)
@@ -103,7 +113,7 @@ async function main(args: string[]): Promise<void> {
   }
   const level = (values["log-level"] ?? "info") as LogLevel;
   if (!LOG_LEVELS.includes(level)) fail(`invalid log level: ${JSON.stringify(values["log-level"])}`);
-  const graceMs = duration("grace", values.grace) ?? 10_000;
+  const graceMs = duration("grace", values.grace) ?? DEFAULT_GRACE_MS;
   let connectPorts: number[] | "*" | undefined;
   const portsText = values["connect-ports"];
   if (portsText !== undefined) {
@@ -132,9 +142,6 @@ async function main(args: string[]): Promise<void> {
     tunnelIdleTimeoutMs: duration("tunnel-idle-timeout", values["tunnel-idle-timeout"]),
     logger: consoleLogger(level),
   };
-  if (options.via !== undefined && !/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(options.via)) {
-    fail(`invalid --via: must be a token`);
-  }
 
   const workers = workerCount(values.workers);
   // SO_REUSEPORT is behind --unstable-net; without it Deno would exit on the listen call.
@@ -149,6 +156,8 @@ async function main(args: string[]): Promise<void> {
   try {
     proxy = startProxy({ ...options, reusePort: workers > 1 });
   } catch (error) {
+    // Option validation (resolveOptions) reports a bad value as a TypeError: a usage error.
+    if (error instanceof TypeError) fail(error.message);
     console.error(`waypost: cannot listen: ${error instanceof Error ? error.message : error}`);
     Deno.exit(1);
   }

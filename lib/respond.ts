@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { encodeLatin1 } from "./ascii.ts";
 import { ProxyError } from "./errors.ts";
 import type { Field } from "./fields.ts";
 import { httpDate, REASON, serializeHead } from "./serialize.ts";
@@ -29,12 +30,8 @@ export function localResponse(status: number, options: LocalResponseOptions = {}
   if (body !== "" || status >= 400) fields.push(["Content-Type", options.contentType ?? "text/plain; charset=utf-8"]);
   fields.push(["Content-Length", String(body.length)]);
   if (options.close) fields.push(["Connection", "close"]);
-  const head = serializeHead(`HTTP/1.1 ${status} ${REASON[status] ?? "Unknown"}`, fields);
-  if (body === "" || options.head) return head;
-  const out = new Uint8Array(head.length + body.length);
-  out.set(head);
-  for (let i = 0; i < body.length; i++) out[head.length + i] = body.charCodeAt(i) & 0xff;
-  return out;
+  const content = body === "" || options.head ? null : encodeLatin1(body);
+  return serializeHead(`HTTP/1.1 ${status} ${REASON[status] ?? "Unknown"}`, fields, content);
 }
 
 /**
