@@ -229,7 +229,7 @@ class ChunkedBody implements BodyReader {
       this.#pending = null;
       throw error;
     }
-    const first = await this.#piece(Infinity, false);
+    const first = await this.#piece(Infinity);
     if (first === null || first.length >= GATHER_BELOW || this.reader.buffered === 0) return first;
     // Many small chunks (down to one-byte chunks) must not cost one write each on
     // the other side: gather what is already buffered into one piece, without
@@ -239,7 +239,7 @@ class ChunkedBody implements BodyReader {
     let length = first.length;
     try {
       while (length < GATHER_BYTES) {
-        const piece = await this.#piece(GATHER_BYTES - length, true);
+        const piece = this.#pieceBuffered(GATHER_BYTES - length);
         if (piece === null) break;
         out.set(piece, length);
         length += piece.length;
@@ -249,16 +249,29 @@ class ChunkedBody implements BodyReader {
     }
     return out.subarray(0, length);
   }
-  /** The next data piece; with `bufferedOnly`, null instead of waiting for a read. */
-  async #piece(max: number, bufferedOnly: boolean): Promise<Uint8Array | null> {
+  /** The next data piece, reading from the connection as needed. */
+  async #piece(max: number): Promise<Uint8Array | null> {
     const dec = this.#decoder;
     while (!dec.done) {
-      if (bufferedOnly && this.reader.buffered === 0) return null;
       const chunk = await this.reader.next();
       if (chunk === null) throw new PrematureEofError("Connection closed before the chunked body was complete");
       const used = dec.step(chunk, max);
       this.reader.unread(chunk.length - used);
       if (dec.data !== null && dec.data.length > 0) return dec.data;
+    }
+    return null;
+  }
+
+  /** The next data piece from bytes already buffered (synchronous), or null. */
+  #pieceBuffered(max: number): Uint8Array | null {
+    const dec = this.#decoder;
+    while (!dec.done) {
+      const input = this.reader.peek();
+      if (input.length === 0) return null;
+      const used = dec.step(input, max);
+      this.reader.take(used);
+      if (dec.data !== null && dec.data.length > 0) return dec.data;
+      if (used === 0) return null;
     }
     return null;
   }
