@@ -26,7 +26,8 @@ import { localResponse } from "./respond.ts";
 import { httpDate, serializeHead } from "./serialize.ts";
 import { isValidHost, parseAbsoluteTarget, parseAuthority } from "./target.ts";
 import { relay, type TunnelStats } from "./tunnel.ts";
-import { closeQuietly, connectUpstream, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
+import { closeQuietly, closeWriteQuietly } from "./conn.ts";
+import { connectUpstream, type UpstreamConn, type UpstreamPool } from "./upstream.ts";
 import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./writer.ts";
 
 /** What an exchange needs from the server. */
@@ -438,11 +439,7 @@ async function exchange(
     // data would reset the connection and could destroy the response), then close.
     discard = true;
     closeQuietly(up.conn);
-    try {
-      await client.conn.closeWrite();
-    } catch {
-      // The client is gone already.
-    }
+    await closeWriteQuietly(client.conn);
     await settleWithin(pump, LINGER_MS);
     return false;
   }

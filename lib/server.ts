@@ -12,7 +12,8 @@ import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { ConnReader } from "./reader.ts";
 import { errorResponse, localResponse } from "./respond.ts";
-import { closeQuietly, UpstreamPool } from "./upstream.ts";
+import { closeQuietly, writeThenClose } from "./conn.ts";
+import { UpstreamPool } from "./upstream.ts";
 import { writeAll } from "./writer.ts";
 
 /** A running proxy. */
@@ -140,10 +141,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       close: true,
       fields: [["Retry-After", "1"]],
     });
-    // A short 503 fits in the socket buffer: the write does not wait for the client.
-    conn.write(bytes).catch(() => {
-      // The client left already; closing is all that is left to do.
-    }).finally(() => closeQuietly(conn));
+    writeThenClose(conn, bytes);
   }
 
   // Head, idle and body timeouts: one sweeper for all sessions, no timer per request.
@@ -284,9 +282,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     const bytes = errorResponse(
       new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" }),
     );
-    s.conn.write(bytes).catch(() => {
-      // The client is gone; closing is all that is left.
-    }).finally(() => closeQuietly(s.conn));
+    writeThenClose(s.conn, bytes);
   }
 
   async function answerError(s: Session, error: unknown): Promise<void> {

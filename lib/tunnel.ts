@@ -7,7 +7,7 @@
  * @module
  */
 import type { ConnReader } from "./reader.ts";
-import { closeQuietly } from "./upstream.ts";
+import { closeQuietly, closeWriteQuietly } from "./conn.ts";
 import { writeAll } from "./writer.ts";
 
 /** How a tunnel ended. */
@@ -99,11 +99,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
       }
       if (chunk === null) {
         if (stats.firstFin === null && !failed) stats.firstFin = up ? "client" : "origin";
-        try {
-          await to.conn.closeWrite();
-        } catch {
-          // The other side is already fully closed: nothing to half-close.
-        }
+        await closeWriteQuietly(to.conn);
         return;
       }
       lastActivity = performance.now();

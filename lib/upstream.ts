@@ -6,6 +6,7 @@
  * @module
  */
 import { UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import { closeQuietly } from "./conn.ts";
 import { ConnReader } from "./reader.ts";
 
 /** An open connection to an origin and its reader. */
@@ -189,14 +190,5 @@ export class UpstreamPool {
     this.#idleCount = 0;
     clearInterval(this.#sweeper);
     this.#sweeper = undefined;
-  }
-}
-
-/** Closes a connection that may already be closed. */
-export function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Already closed (BadResource): nothing left to release.
   }
 }
