@@ -91,9 +91,3 @@ export function encodeLatin1(text: string): Uint8Array {
   for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
   return out;
 }
-
-/** Lower-cases ASCII letters only (field names, tokens). */
-export function lowerAscii(text: string): string {
-  // Field names are tokens, so toLowerCase only ever touches A-Z here.
-  return text.toLowerCase();
-}

@@ -17,6 +17,7 @@ import {
   UpstreamTimeoutError,
 } from "./errors.ts";
 import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, trimOws, viaContains } from "./fields.ts";
+import type { ChunkedLimits } from "./chunked.ts";
 import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import type { Logger } from "./log.ts";
@@ -36,6 +37,10 @@ export interface ExchangeContext {
   readonly limits: HeadLimits;
   /** Limits for response heads from origins (looser than for requests). */
   readonly responseLimits: HeadLimits;
+  /** Chunked framing limits for request bodies (trailers use the request head limits). */
+  readonly chunkedLimits: ChunkedLimits;
+  /** Chunked framing limits for response bodies (trailers use the response head limits). */
+  readonly responseChunkedLimits: ChunkedLimits;
   readonly pool: UpstreamPool;
   readonly logger: Logger;
   /** True once the server is shutting down: responses then close the connection. */
@@ -144,7 +149,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     if (framing.length > 0 && framing.length <= INLINE_BODY_BYTES) inline = client.reader.take(framing.length);
     out.push(["Content-Length", String(framing.length)]);
   } else if (framing.kind === "chunked") {
-    const whole = takeBufferedChunked(client.reader, INLINE_BODY_BYTES);
+    const whole = takeBufferedChunked(client.reader, INLINE_BODY_BYTES, ctx.chunkedLimits);
     if (whole !== null && whole.trailers.length === 0) {
       inline = whole.data;
       dropField(out, "trailer"); // no trailer section follows a Content-Length body
@@ -157,7 +162,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   // Without a chunked body to the origin there is no trailer section to announce.
   if (framing.kind !== "chunked") dropField(out, "trailer");
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
-  const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing);
+  const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing, ctx.chunkedLimits);
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
   // (head and any body) is in `requestHead` and can be sent again.
   const retryable = IDEMPOTENT.has(head.method) && body.done;
@@ -406,7 +411,7 @@ async function exchange(
   const rest = inline === null
     ? resFraming
     : { kind: "length" as const, length: (resFraming as { length: number }).length - inline.length };
-  const resBody = bodyReader(up.reader, rest);
+  const resBody = bodyReader(up.reader, rest, ctx.responseChunkedLimits);
   const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
   while (true) {
     let data: Uint8Array | null;

@@ -12,6 +12,7 @@ import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { ConnReader } from "./reader.ts";
 import { errorResponse, localResponse } from "./respond.ts";
+import { DEFAULT_CHUNKED_LIMITS } from "./chunked.ts";
 import { closeQuietly, writeThenClose } from "./conn.ts";
 import { UpstreamPool } from "./upstream.ts";
 import { writeAll } from "./writer.ts";
@@ -81,6 +82,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     options: opts,
     limits,
     responseLimits,
+    chunkedLimits: { maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes, trailer: limits },
+    responseChunkedLimits: { maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes, trailer: responseLimits },
     pool,
     logger,
     stopping: false,
