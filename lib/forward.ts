@@ -16,7 +16,7 @@ import {
   UpstreamError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, trimOws, viaContains } from "./fields.ts";
+import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, viaContains } from "./fields.ts";
 import type { ChunkedLimits } from "./chunked.ts";
 import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
