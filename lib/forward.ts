@@ -125,8 +125,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
 
   // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
   // HTTP/1.1 client on a body-less request; otherwise Upgrade is hop-by-hop and dropped.
-  const upgrade = head.minor === 1 && tokens.has("upgrade") && framing.kind === "none" &&
-    getAll(fields, "upgrade").length > 0;
+  const upgrade = head.minor === 1 && tokens.has("upgrade") && !hasBody && getAll(fields, "upgrade").length > 0;
   const out: Field[] = [["Host", dest.authority]];
   for (const f of stripHopByHop(fields, tokens, upgrade ? KEEP_UPGRADE : undefined)) {
     const name = f[0].toLowerCase();
