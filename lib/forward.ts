@@ -57,6 +57,11 @@ export interface ClientSide {
   finalHeadSent: boolean;
   /** The upstream connection in use, so a forced shutdown can close it. */
   upstream: Deno.Conn | null;
+  /**
+   * An upstream connection that carried connection-oriented authentication (NTLM,
+   * Negotiate): it belongs to this client connection only, never to the shared pool.
+   */
+  pinned: UpstreamConn | null;
   /** True while a body is streaming either way (the body idle timeout applies). */
   inBody: boolean;
   /** `performance.now()` of the last body byte either way. */
@@ -165,8 +170,16 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
   // (head and any body) is in `requestHead` and can be sent again.
   const retryable = IDEMPOTENT.has(head.method) && body.done;
+  const auth = hasConnectionAuth(getAll(fields, "authorization"));
+  const key = `${dest.hostname}:${dest.port}`;
   for (let attempt = 0;; attempt++) {
-    const up = await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
+    // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
+    const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
+    if (pinned !== null) {
+      client.pinned = null;
+      pinned.reused = true; // it may have gone stale while idle: the retry rules apply
+    }
+    const up = pinned ?? await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
     client.upstream = up.conn;
     try {
       const plan: Plan = {
@@ -177,6 +190,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
         body,
         upgrade,
         canRetry: retryable && up.reused,
+        pin: auth || pinned !== null,
       };
       const result = await exchange(ctx, client, up, plan);
       if (result !== RETRY) return result;
@@ -202,6 +216,8 @@ interface Plan {
   upgrade: boolean;
   /** Whether a failure before any response byte may be retried on a fresh connection. */
   canRetry: boolean;
+  /** Whether the connection carries connection-oriented auth and stays with this client. */
+  pin: boolean;
 }
 
 async function exchange(
@@ -453,9 +469,22 @@ async function exchange(
     return false;
   }
   const reusable = res.minor === 1 && !resTokens.has("close") && resFraming.kind !== "close";
-  if (reusable) ctx.pool.release(up);
-  else closeQuietly(up.conn);
+  // NTLM and Negotiate authenticate the connection, not the request (RFC 4559 §4): such a
+  // connection is kept for this client alone and never handed to another one.
+  const pin = plan.pin || (res.status === 401 && hasConnectionAuth(getAll(res.fields, "www-authenticate")));
+  if (!reusable) closeQuietly(up.conn);
+  else if (pin && !clientClose) {
+    if (client.pinned !== null && client.pinned !== up) closeQuietly(client.pinned.conn);
+    client.pinned = up;
+  } else if (pin) closeQuietly(up.conn);
+  else ctx.pool.release(up);
   return !clientClose;
+}
+
+/** Whether any credentials or challenges use a connection-oriented scheme (NTLM, Negotiate). */
+function hasConnectionAuth(values: readonly string[]): boolean {
+  for (const value of values) if (/(?:^|,)\s*(?:ntlm|negotiate)\b/i.test(value)) return true;
+  return false;
 }
 
 /** Relays a 101 response, then bytes both ways (RFC 9110 §15.2.2). */

@@ -182,6 +182,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       reader: new ConnReader(conn, 64 * 1024),
       finalHeadSent: false,
       upstream: null,
+      pinned: null,
       busy: false,
       method: "",
       requests: 0,
@@ -197,7 +198,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     } as Session;
     session.done = serveClient(session).catch((error) => {
       logger.log("error", "session-crashed", { error: describe(error) });
-    }).finally(() => closeQuietly(conn));
+    }).finally(() => {
+      closeQuietly(conn);
+      if (session.pinned !== null) closeQuietly(session.pinned.conn);
+    });
     return session;
   }
 

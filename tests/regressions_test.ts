@@ -438,3 +438,74 @@ Deno.test("after a HEAD, the next request's error response carries its body", as
   assert.equal(res.status, 400);
   assert.ok(res.body.length > 0);
 });
+
+Deno.test("a connection that carried NTLM/Negotiate stays with its client and is never shared", async () => {
+  // Issue 5: "a connection that carried connection-oriented auth (NTLM, Negotiate) is never
+  // shared between clients". The origin answers with the id of the TCP connection each
+  // request arrived on, and challenges NTLM requests like a Windows server does.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const originPort = (listener.addr as Deno.NetAddr).port;
+  const conns: Deno.Conn[] = [];
+  const serving = (async () => {
+    let next = 0;
+    for await (const conn of listener) {
+      const id = next++;
+      conns.push(conn);
+      (async () => {
+        const buf = new Uint8Array(8192);
+        let pending = "";
+        try {
+          while (true) {
+            const n = await conn.read(buf);
+            if (n === null) break;
+            pending += new TextDecoder().decode(buf.subarray(0, n));
+            let end;
+            while ((end = pending.indexOf("\r\n\r\n")) !== -1) {
+              const head = pending.slice(0, end);
+              pending = pending.slice(end + 4);
+              const ntlm = /\r\nauthorization: ntlm /i.test(head) && !/\/final /.test(head);
+              const body = `conn=${id}`;
+              await conn.write(new TextEncoder().encode(
+                ntlm
+                  ? `HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM TlRMTVNTUAACAAAA\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+                  : `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+              ));
+            }
+          }
+        } catch {
+          // The proxy closed the connection: the test is over for it.
+        }
+      })();
+    }
+  })();
+  await using proxy = startTestProxy();
+  try {
+    const url = `http://127.0.0.1:${originPort}`;
+    await using a = await proxy.connect();
+    await using b = await proxy.connect();
+    await a.write(get(`${url}/a`, ["Authorization: NTLM TlRMTVNTUAABAAAA"]));
+    const first = await a.response();
+    assert.equal(first.status, 401);
+    const pinned = text(first.body);
+    await b.write(get(`${url}/b`));
+    const other = await b.response();
+    assert.equal(other.status, 200);
+    assert.notEqual(text(other.body), pinned, "another client was given the NTLM connection");
+    await a.write(get(`${url}/final`, ["Authorization: NTLM TlRMTVNTUAADAAAA"]));
+    const second = await a.response();
+    assert.equal(second.status, 200);
+    assert.equal(text(second.body), pinned, "the NTLM handshake did not stay on its connection");
+  } finally {
+    listener.close();
+    for (const conn of conns) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed by the proxy.
+      }
+    }
+    await serving.catch(() => {
+      // The listener was closed: accepting ends.
+    });
+  }
+});
