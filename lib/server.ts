@@ -51,7 +51,23 @@ interface Session extends ClientSide {
 
 const TIMEOUT = Symbol("timeout");
 
-/** Starts a proxy listening on `options.hostname:options.port`. */
+/**
+ * Starts a forward HTTP/1.1 proxy listening on `options.hostname:options.port`
+ * (RFC 9110 §7.6 intermediary rules, RFC 9112 message syntax). Listening is
+ * synchronous: when this returns, `addr` holds the bound address.
+ *
+ * @param options Listening address, limits, timeouts and policy; see {@link ProxyOptions} for defaults.
+ * @returns A handle with the bound address, a graceful `shutdown()` and `finished`.
+ * @throws {TypeError} when an option is invalid (for example a `via` that is not a token).
+ * @throws {Deno.errors.AddrInUse} when the port is taken; other `Deno.listen` errors as they come.
+ *
+ * @example
+ * ```ts
+ * const proxy = startProxy({ port: 0, connectPorts: [443, 8443] });
+ * console.log(`http_proxy=http://127.0.0.1:${proxy.addr.port}`);
+ * await proxy.shutdown(5_000);
+ * ```
+ */
 export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const opts: ResolvedOptions = resolveOptions(options);
   const logger: Logger = opts.logger ?? consoleLogger("warn");
