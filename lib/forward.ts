@@ -541,6 +541,7 @@ async function connectTunnel(ctx: ExchangeContext, client: ClientSide, head: Req
     try {
       await writeAll(client.conn, ESTABLISHED);
     } catch {
+      // The client left before the tunnel opened: drop the origin side too.
       closeQuietly(conn);
       return false;
     }

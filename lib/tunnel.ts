@@ -94,6 +94,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
           else if (n !== null && n < size / 16 && size > RELAY_BUFFER_BYTES.min) size /= 2;
         }
       } catch {
+        // A read error is a reset (or our own close): end both sides at once.
         closeBoth("reset");
         return;
       }
@@ -108,6 +109,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
       try {
         await writeAll(to.conn, chunk);
       } catch {
+        // The receiving side is gone: nothing more can be delivered either way.
         closeBoth("reset");
         return;
       }
