@@ -313,12 +313,15 @@ export class HeadParser {
     // field-line = field-name ":" OWS field-value OWS (RFC 9112 §5)
     let i = start;
     while (i < end && TOKEN[b[i]] === 1) i++;
-    if (i === start || i === end || b[i] !== COLON) {
-      // RFC 9112 §5.1: no whitespace is allowed between the field name and colon.
+    const nameEnd = i;
+    // RFC 9112 §5.1: whitespace between the field name and colon: a server MUST reject the
+    // request (400); a proxy MUST remove it from a response before forwarding.
+    if (this.#kind === "response") { while (i < end && (b[i] === SP || b[i] === HTAB)) i++; }
+    if (nameEnd === start || i === end || b[i] !== COLON) {
       throw new ParseError("Cannot parse field line: invalid field name", "invalid-field-name");
     }
     if (this.fields.length >= this.#limits.maxFields) throw this.#tooLarge();
-    const name = this.#str(start, i);
+    const name = this.#str(start, nameEnd);
     this.fields.push([name, this.#value(b, i + 1, end)]);
   }
 

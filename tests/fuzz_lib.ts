@@ -497,6 +497,8 @@ export function generateInput(rng: Rng, options: GenerateOptions = {}): Uint8Arr
 const TCHARS = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]";
 /** field-line (RFC 9112 §5): value bytes are HTAB, SP, VCHAR, obs-text; OWS trimmed in code (linear). */
 const FIELD_LINE = new RegExp(`(${TCHARS}+):([\\t\\x20-\\x7e\\x80-\\xff]*)\\r\\n`, "y");
+/** field-line of a response: whitespace before the colon is removed (RFC 9112 §5.1). */
+const RESPONSE_FIELD_LINE = new RegExp(`(${TCHARS}+)[ \\t]*:([\\t\\x20-\\x7e\\x80-\\xff]*)\\r\\n`, "y");
 /** obs-fold continuation (RFC 9112 §5.2), accepted in responses only. */
 const FOLD_LINE = /([ \t][\t\x20-\x7e\x80-\xff]*)\r\n/y;
 /** request-line (RFC 9112 §3); the target is any VCHAR, as documented in lib/ascii.ts. */
@@ -529,7 +531,8 @@ function referenceFields(s: string, at: number, folds: boolean): { fields: Field
   const fields: Field[] = [];
   let i = at;
   while (!s.startsWith("\r\n", i)) {
-    const m = execAt(FIELD_LINE, s, i);
+    // `folds` is true exactly for response heads, which also get RESPONSE_FIELD_LINE.
+    const m = execAt(folds ? RESPONSE_FIELD_LINE : FIELD_LINE, s, i);
     if (m !== null) {
       fields.push([m[1], trimOws(m[2])]);
       i += m[0].length;

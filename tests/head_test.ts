@@ -677,8 +677,14 @@ const RESPONSES: Row<ResponseHead>[] = [
     expect: { error: ParseError, code: "bare-lf" },
   },
   {
-    name: "space before the colon",
-    wire: `HTTP/1.1 200 OK\r\nX : a\r\n\r\n`,
+    // RFC 9112 §5.1: "A proxy MUST remove any such whitespace from a response message before forwarding".
+    name: "whitespace before the colon is removed",
+    wire: `HTTP/1.1 200 OK\r\nX : a\r\nY\t \t: b\r\n\r\n`,
+    expect: { head: res(1, 200, "OK", [["X", "a"], ["Y", "b"]]) },
+  },
+  {
+    name: "whitespace inside a field name",
+    wire: `HTTP/1.1 200 OK\r\nen-US Content-Type: a\r\n\r\n`,
     expect: { error: ParseError, code: "invalid-field-name" },
   },
   {
