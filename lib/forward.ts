@@ -509,6 +509,7 @@ async function switchProtocols(
   const stats = await relay(client, up, {
     target: up.key,
     idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
+    halfClosedIdleMs: ctx.options.bodyTimeoutMs,
     signal: ctx.abortSignal,
   });
   reportTunnel(ctx, stats, "upgrade");
@@ -550,6 +551,7 @@ async function connectTunnel(ctx: ExchangeContext, client: ClientSide, head: Req
     const stats = await relay(client, origin, {
       target,
       idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
+      halfClosedIdleMs: ctx.options.bodyTimeoutMs,
       signal: ctx.abortSignal,
     });
     reportTunnel(ctx, stats, "connect");

@@ -42,6 +42,11 @@ export interface RelayOptions {
   target: string;
   /** Close the tunnel after this many ms without a byte either way; 0 = never. */
   idleTimeoutMs: number;
+  /**
+   * Once one side has sent its FIN, close the tunnel after this many ms without a
+   * byte (a half-open tunnel whose other peer never finishes); 0 = never.
+   */
+  halfClosedIdleMs?: number;
   /** Aborting ends the tunnel (shutdown). */
   signal?: AbortSignal;
 }
@@ -99,7 +104,11 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
         return;
       }
       if (chunk === null) {
-        if (stats.firstFin === null && !failed) stats.firstFin = up ? "client" : "origin";
+        if (stats.firstFin === null && !failed) {
+          stats.firstFin = up ? "client" : "origin";
+          lastActivity = performance.now();
+          watchIdle(); // from now on the half-closed idle limit applies too
+        }
         await closeWriteQuietly(to.conn);
         return;
       }
@@ -116,13 +125,24 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
     }
   };
 
+  // One interval checks both idle limits: the tunnel's own (if set) and, after the first
+  // FIN, the half-closed one (RFC 9110 §9.3.6 expects a tunnel to end once a side closed;
+  // the other direction keeps flowing as long as bytes move).
   let idleTimer: ReturnType<typeof setInterval> | undefined;
-  if (options.idleTimeoutMs > 0) {
-    const every = Math.max(10, Math.min(1000, options.idleTimeoutMs / 4));
+  const idleLimit = () => {
+    const halfClosed = stats.firstFin !== null ? options.halfClosedIdleMs ?? 0 : 0;
+    const limits = [options.idleTimeoutMs, halfClosed].filter((ms) => ms > 0);
+    return limits.length === 0 ? 0 : Math.min(...limits);
+  };
+  function watchIdle(): void {
+    const limit = idleLimit();
+    if (limit <= 0) return;
+    clearInterval(idleTimer);
     idleTimer = setInterval(() => {
-      if (performance.now() - lastActivity >= options.idleTimeoutMs) closeBoth("idle-timeout");
-    }, every);
+      if (performance.now() - lastActivity >= idleLimit()) closeBoth("idle-timeout");
+    }, Math.max(10, Math.min(1000, limit / 4)));
   }
+  watchIdle();
   const onAbort = () => closeBoth("aborted");
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {

@@ -1040,3 +1040,22 @@ Deno.test("101 to a request that offered no upgrade → 502 (RFC 9110 §15.2.2)"
   assert.equal(res.status, 502);
   assert.ok(!client.receivedText.includes("raw bytes"));
 });
+
+Deno.test("a half-open tunnel (client FIN, origin silent and never closing) ends after the body timeout", async () => {
+  // RFC 9110 §9.3.6: a tunnel ends once a side has closed; the other direction may still
+  // flow (half-close), but a peer that neither sends nor closes cannot hold it forever.
+  const log = new TunnelLog();
+  await using proxy = startTestProxy({ connectPorts: "*", bodyTimeoutMs: 300, onTunnelEnd: log.onTunnelEnd });
+  await using origin = new OneShotOrigin(async (c) => {
+    await c.waitEof(); // sees the client's FIN, then stays silent without closing
+    return performance.now();
+  });
+  await using client = await openTunnel(proxy, origin.authority);
+  const finAt = performance.now();
+  await client.closeWrite();
+  assert.equal(text(await client.reader.readToEnd("waiting for the half-open tunnel to end")), "");
+  const ms = performance.now() - finAt;
+  assert.ok(ms >= 250 && ms < 3000, `closed ${ms.toFixed(0)} ms after the FIN (bodyTimeoutMs 300)`);
+  const stats = await log.nth(0);
+  assert.deepEqual({ firstFin: stats.firstFin, end: stats.end }, { firstFin: "client", end: "idle-timeout" });
+});
