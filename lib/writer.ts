@@ -14,7 +14,9 @@ export interface Writable {
 
 /** Writes all of `data`. */
 export async function writeAll(conn: Writable, data: Uint8Array): Promise<void> {
-  let offset = 0;
+  if (data.length === 0) return;
+  // The first write passes `data` itself: no view is made unless the write was partial.
+  let offset = await conn.write(data);
   while (offset < data.length) offset += await conn.write(data.subarray(offset));
 }
 
