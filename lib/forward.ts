@@ -16,7 +16,7 @@ import {
   UpstreamError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { connectionTokens, type Field, getAll, HOP_BY_HOP, stripHopByHop, viaContains } from "./fields.ts";
+import { connectionTokens, type Field, getAll, stripHopByHop, viaContains } from "./fields.ts";
 import type { ChunkedLimits } from "./chunked.ts";
 import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
@@ -143,7 +143,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
     if (name === "expect" && head.minor === 0) continue;
     out.push(f);
   }
-  out.push(["Via", `1.${head.minor} ${ctx.options.via}`]);
+  out.push(viaField(ctx, head.minor));
   if (upgrade) out.push(["Connection", "Upgrade"]);
   // A small body that has fully arrived goes out in the same write as the head. A whole
   // chunked body is validated before the origin is contacted (a bad one gets 400 and the
@@ -191,6 +191,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
         upgrade,
         canRetry: retryable && up.reused,
         pin: auth || pinned !== null,
+        tokens,
       };
       const result = await exchange(ctx, client, up, plan);
       if (result !== RETRY) return result;
@@ -218,6 +219,8 @@ interface Plan {
   canRetry: boolean;
   /** Whether the connection carries connection-oriented auth and stays with this client. */
   pin: boolean;
+  /** The request's `Connection` tokens (lower-cased). */
+  tokens: ReadonlySet<string>;
 }
 
 async function exchange(
@@ -257,6 +260,14 @@ async function exchange(
       closeQuietly(up.conn);
     });
   };
+  /** Why the response read failed when it was our doing: the client side or the deadline. */
+  const throwIfAbandoned = () => {
+    if (clientError !== null) throw clientError;
+    if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
+    if (client.responseTimedOut) {
+      throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
+    }
+  };
   client.inBody = true;
   client.activity = performance.now();
   const pump = body.done ? null : (async () => {
@@ -274,7 +285,7 @@ async function exchange(
       }
       try {
         if (data === null) {
-          await writer.end(endToEndTrailers(body.trailers, connectionTokens(req.fields)));
+          await writer.end(endToEndTrailers(body.trailers, plan.tokens));
           break;
         }
         if (discard) continue;
@@ -299,11 +310,7 @@ async function exchange(
         got = await up.reader.readHead(parser);
       } catch (error) {
         closeQuietly(up.conn);
-        if (clientError !== null) throw clientError;
-        if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
-        if (client.responseTimedOut) {
-          throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
-        }
+        throwIfAbandoned();
         if (error instanceof ProxyError && !(error instanceof PrematureEofError)) {
           throw new UpstreamError("The origin sent an invalid response head", "upstream-bad-response", error);
         }
@@ -316,11 +323,7 @@ async function exchange(
       }
       if (!got) {
         closeQuietly(up.conn);
-        if (clientError !== null) throw clientError;
-        if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
-        if (client.responseTimedOut) {
-          throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
-        }
+        throwIfAbandoned();
         if (canRetry) return RETRY;
         throw new UpstreamError("The origin closed the connection without a response", "upstream-closed");
       }
@@ -336,13 +339,8 @@ async function exchange(
       // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
       if (req.minor === 1) {
         const interim = stripHopByHop(res.fields, connectionTokens(res.fields));
-        interim.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
-        try {
-          await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, interim));
-        } catch (error) {
-          closeQuietly(up.conn);
-          throw error;
-        }
+        interim.push(viaField(ctx, res.minor));
+        await writeOrDrop(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, interim), up.conn);
       }
     }
   } finally {
@@ -367,7 +365,7 @@ async function exchange(
   const early = !body.done;
   let clientClose = !persistent || early || ctx.stopping;
   const fields = stripHopByHop(res.fields, resTokens);
-  fields.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
+  fields.push(viaField(ctx, res.minor));
   // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
   if (getAll(res.fields, "date").length === 0) fields.push(["Date", httpDate()]);
   let chunkedToClient = false;
@@ -412,20 +410,15 @@ async function exchange(
   if (clientClose) fields.push(["Connection", "close"]);
 
   // Whatever part of a Content-Length body is already buffered goes out with the head.
-  const inline = resFraming.kind === "length" && resFraming.length > 0 && up.reader.buffered > 0
-    ? up.reader.take(Math.min(resFraming.length, up.reader.buffered))
-    : null;
-  try {
-    await writeAll(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline));
-  } catch (error) {
-    closeQuietly(up.conn);
-    throw error;
+  let inline: Uint8Array | null = null;
+  let rest = resFraming;
+  if (resFraming.kind === "length" && resFraming.length > 0 && up.reader.buffered > 0) {
+    inline = up.reader.take(Math.min(resFraming.length, up.reader.buffered))!;
+    rest = { kind: "length", length: resFraming.length - inline.length };
   }
+  await writeOrDrop(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline), up.conn);
   client.finalHeadSent = true;
 
-  const rest = inline === null
-    ? resFraming
-    : { kind: "length" as const, length: (resFraming as { length: number }).length - inline.length };
   const resBody = bodyReader(up.reader, rest, ctx.responseChunkedLimits);
   const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
   while (true) {
@@ -496,14 +489,9 @@ async function switchProtocols(
 ): Promise<boolean> {
   const tokens = connectionTokens(res.fields);
   const fields = stripHopByHop(res.fields, tokens, KEEP_UPGRADE);
-  fields.push(["Via", `1.${res.minor} ${ctx.options.via}`]);
+  fields.push(viaField(ctx, res.minor));
   fields.push(["Connection", "Upgrade"]);
-  try {
-    await writeAll(client.conn, serializeHead(`HTTP/1.1 101 ${res.reason}`, fields));
-  } catch (error) {
-    closeQuietly(up.conn);
-    throw error;
-  }
+  await writeOrDrop(client.conn, serializeHead(`HTTP/1.1 101 ${res.reason}`, fields), up.conn);
   client.finalHeadSent = true;
   client.inBody = false; // the tunnel has its own idle timeout; the body timeout no longer applies
   const stats = await relay(client, up, {
@@ -592,11 +580,25 @@ function encodeChunked(data: Uint8Array, trailers: readonly Field[]): Uint8Array
  */
 function endToEndTrailers(trailers: readonly Field[], connection: ReadonlySet<string>): Field[] {
   if (trailers.length === 0) return [];
-  return trailers.filter((f) => {
-    const name = f[0].toLowerCase();
-    return !HOP_BY_HOP.has(name) && !connection.has(name) && name !== "content-length" && name !== "host" &&
-      name !== "trailer";
-  });
+  const out = stripHopByHop(trailers, connection);
+  dropField(out, "host");
+  dropField(out, "trailer");
+  return out;
+}
+
+/** The `Via` field this proxy adds for a message received as HTTP/1.`minor` (RFC 9110 §7.6.3). */
+function viaField(ctx: ExchangeContext, minor: number): Field {
+  return ["Via", `1.${minor} ${ctx.options.via}`];
+}
+
+/** Writes to the client; if the client is gone, the origin side is dropped too, then the error rises. */
+async function writeOrDrop(conn: Deno.Conn, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
+  try {
+    await writeAll(conn, bytes);
+  } catch (error) {
+    closeQuietly(upstream);
+    throw error;
+  }
 }
 
 /** Removes every field called `name` (lower-case) in place. */
