@@ -11,6 +11,7 @@
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
+import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -23,17 +24,6 @@ const { values } = parseArgs({
 const DURATION = Number(values.duration);
 const CONNECTIONS = Number(values.connections);
 
-function which(name: string): string | null {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":").concat(["/usr/sbin", "/sbin"])) {
-    try {
-      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
-    } catch {
-      // Not in this directory.
-    }
-  }
-  return null;
-}
-
 if ((!which("nginx") || !which("wrk")) && values.install) {
   const apt = (args: string[]) =>
     new Deno.Command("apt-get", { args, env: { DEBIAN_FRONTEND: "noninteractive" } }).output();
@@ -45,28 +35,6 @@ const WRK = which("wrk");
 if (!NGINX || !WRK) {
   console.error("bench:e2e needs nginx and wrk (Debian: apt-get install nginx wrk, or pass --install)");
   Deno.exit(2);
-}
-const TASKSET = which("taskset");
-const pinned = (cpu: number, cmd: string, args: string[]): [string, string[]] =>
-  TASKSET ? [TASKSET, ["-c", String(cpu), cmd, ...args]] : [cmd, args];
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listens on ${port}`);
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "waypost-bench-" });
@@ -212,7 +180,7 @@ try {
       } | ${s.bad + k.bad} |`,
     );
   }
-  console.log(`\n${CONNECTIONS} keep-alive connections, ${DURATION} s each, ${TASKSET ? "pinned" : "not pinned"}:\n`);
+  console.log(`\n${CONNECTIONS} keep-alive connections, ${DURATION} s each, ${PINNING ? "pinned" : "not pinned"}:\n`);
   console.log("| target | 100 B req/s (ratio) | p99 ms | 64 KiB req/s (ratio) | 100 B req per proxy CPU-s | invalid |");
   console.log("| --- | --- | --- | --- | --- | --- |");
   for (const row of rows) console.log(row);

@@ -9,46 +9,16 @@
  * Needs nginx and curl (Debian: apt-get install nginx curl). Loopback only.
  */
 import { parseArgs } from "node:util";
+import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
 
-function which(name: string): string | null {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":").concat(["/usr/sbin", "/sbin"])) {
-    try {
-      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
-    } catch {
-      // Not in this directory.
-    }
-  }
-  return null;
-}
 const NGINX = which("nginx");
 const CURL = which("curl");
 if (!NGINX || !CURL) {
   console.error("bench:tunnel:tls needs nginx and curl (apt-get install nginx curl)");
   Deno.exit(2);
-}
-const TASKSET = which("taskset");
-const pinned = (cpu: number, cmd: string, args: string[]): [string, string[]] =>
-  TASKSET ? [TASKSET, ["-c", String(cpu), cmd, ...args]] : [cmd, args];
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listens on ${port}`);
 }
 
 const fixtures = new URL("../tests/fixtures/", import.meta.url).pathname;
@@ -127,7 +97,7 @@ try {
   console.log("| --- | --- | --- |");
   console.log(`| curl → nginx (TLS), direct | ${d.toFixed(0)} | 1.00 |`);
   console.log(`| curl → waypost CONNECT → nginx (TLS) | ${t.toFixed(0)} | ${(t / d).toFixed(2)} |`);
-  console.log(`\nproxy peak RSS: ${hwm.toFixed(1)} MiB; 1 GiB per download; ${TASKSET ? "pinned" : "not pinned"}`);
+  console.log(`\nproxy peak RSS: ${hwm.toFixed(1)} MiB; 1 GiB per download; ${PINNING ? "pinned" : "not pinned"}`);
 } finally {
   for (const child of children) {
     try {

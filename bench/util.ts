@@ -1,0 +1,49 @@
+/**
+ * Helpers shared by the end-to-end benchmark runners: finding tools, loopback
+ * ports, and CPU pinning with `taskset` when it exists.
+ *
+ * @module
+ */
+
+/** The full path of an executable on PATH (or in the sbin directories), or null. */
+export function which(name: string): string | null {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":").concat(["/usr/sbin", "/sbin"])) {
+    try {
+      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return null;
+}
+
+const TASKSET = which("taskset");
+
+/** Whether commands are pinned to CPUs (taskset is installed). */
+export const PINNING: boolean = TASKSET !== null;
+
+/** `cmd args` pinned to `cpu` when taskset exists, else unchanged. */
+export function pinned(cpu: number, cmd: string, args: string[]): [string, string[]] {
+  return TASKSET ? [TASKSET, ["-c", String(cpu), cmd, ...args]] : [cmd, args];
+}
+
+/** A loopback port that was free a moment ago. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Resolves once something accepts connections on 127.0.0.1:`port` (at most 5 s). */
+export async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
