@@ -72,8 +72,18 @@ export function isToken(text: string): boolean {
   return true;
 }
 
+const UTF8 = new TextDecoder();
+
 /** Decodes bytes as ISO-8859-1, one char per byte (byte-exact round trip). */
 export function latin1(bytes: Uint8Array, start = 0, end = bytes.length): string {
+  const n = end - start;
+  if (n >= 32) {
+    // ASCII is the common case and decodes the same in UTF-8, natively and several
+    // times faster. Any other byte either joins a multi-byte sequence (fewer chars
+    // than bytes) or becomes U+FFFD: both checks below catch it and fall through.
+    const text = UTF8.decode(bytes.subarray(start, end));
+    if (text.length === n && text.indexOf("\uFFFD") === -1) return text;
+  }
   let out = "";
   const STEP = 4096;
   for (let i = start; i < end; i += STEP) {

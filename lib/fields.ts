@@ -28,20 +28,49 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "proxy-authenticate",
 ]);
 
-/** All values of a field (name compared case-insensitively, lower-case `name`). */
-export function getAll(fields: readonly Field[], name: string): string[] {
-  const out: string[] = [];
-  for (const f of fields) {
-    if (f[0].length === name.length && f[0].toLowerCase() === name) out.push(f[1]);
+const HOP_BY_HOP_LIST: readonly string[] = [...HOP_BY_HOP];
+const NO_VALUES: readonly string[] = Object.freeze([]);
+const NO_TOKENS: ReadonlySet<string> = Object.freeze(new Set<string>());
+
+/**
+ * Whether a field name equals `lower` (a lower-case name) case-insensitively
+ * (RFC 9110 §5.1), without building a lower-cased copy.
+ */
+export function nameIs(name: string, lower: string): boolean {
+  if (name.length !== lower.length) return false;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    const l = lower.charCodeAt(i);
+    if (c !== l && !(l >= 0x61 && l <= 0x7a && c === l - 0x20)) return false;
   }
-  return out;
+  return true;
+}
+
+/** Whether `name` equals one of the lower-case names in `names`, case-insensitively. */
+function nameInSet(name: string, names: ReadonlySet<string>): boolean {
+  if (names.size === 0) return false;
+  for (const lower of names) if (nameIs(name, lower)) return true;
+  return false;
+}
+
+/** Whether `name` is a hop-by-hop field or `Content-Length` (indexed loop: no iterator objects). */
+function isHopByHopOrLength(name: string): boolean {
+  for (let i = 0; i < HOP_BY_HOP_LIST.length; i++) if (nameIs(name, HOP_BY_HOP_LIST[i])) return true;
+  return nameIs(name, "content-length");
+}
+
+/** All values of a field (name compared case-insensitively, lower-case `name`). */
+export function getAll(fields: readonly Field[], name: string): readonly string[] {
+  let out: string[] | null = null;
+  for (let i = 0; i < fields.length; i++) {
+    if (nameIs(fields[i][0], name)) (out ??= []).push(fields[i][1]);
+  }
+  return out ?? NO_VALUES;
 }
 
 /** Whether a field is present (lower-case `name`). */
 export function has(fields: readonly Field[], name: string): boolean {
-  for (const f of fields) {
-    if (f[0].length === name.length && f[0].toLowerCase() === name) return true;
-  }
+  for (let i = 0; i < fields.length; i++) if (nameIs(fields[i][0], name)) return true;
   return false;
 }
 
@@ -86,9 +115,11 @@ export function splitList(values: readonly string[]): string[] {
 }
 
 /** The lower-cased tokens of every `Connection` field (RFC 9110 §7.6.1). */
-export function connectionTokens(fields: readonly Field[]): Set<string> {
+export function connectionTokens(fields: readonly Field[]): ReadonlySet<string> {
+  const values = getAll(fields, "connection");
+  if (values.length === 0) return NO_TOKENS;
   const tokens = new Set<string>();
-  for (const t of splitList(getAll(fields, "connection"))) tokens.add(t.toLowerCase());
+  for (const t of splitList(values)) tokens.add(t.toLowerCase());
   return tokens;
 }
 
@@ -104,13 +135,14 @@ export function stripHopByHop(
   keep?: ReadonlySet<string>,
 ): Field[] {
   const out: Field[] = [];
-  for (const f of fields) {
-    const lower = f[0].toLowerCase();
-    if (keep?.has(lower)) {
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i];
+    const name = f[0];
+    if (keep !== undefined && nameInSet(name, keep)) {
       out.push(f);
       continue;
     }
-    if (HOP_BY_HOP.has(lower) || lower === "content-length" || connection.has(lower)) continue;
+    if (isHopByHopOrLength(name) || nameInSet(name, connection)) continue;
     out.push(f);
   }
   return out;

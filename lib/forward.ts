@@ -16,7 +16,7 @@ import {
   UpstreamError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { connectionTokens, type Field, getAll, stripHopByHop, viaContains } from "./fields.ts";
+import { connectionTokens, type Field, getAll, has, nameIs, stripHopByHop, viaContains } from "./fields.ts";
 import type { ChunkedLimits } from "./chunked.ts";
 import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { type HeadLimits, HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
@@ -24,7 +24,7 @@ import type { Logger } from "./log.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { type BodyReader, bodyReader, ConnReader, takeBufferedChunked } from "./reader.ts";
 import { localResponse } from "./respond.ts";
-import { httpDate, serializeHead } from "./serialize.ts";
+import { giveScratch, httpDate, serializeHead, takeScratch } from "./serialize.ts";
 import { isValidHost, parseAbsoluteTarget, parseAuthority } from "./target.ts";
 import { relay, type TunnelStats } from "./tunnel.ts";
 import { closeQuietly, closeWriteQuietly } from "./conn.ts";
@@ -130,17 +130,17 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
 
   // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
   // HTTP/1.1 client on a body-less request; otherwise Upgrade is hop-by-hop and dropped.
-  const upgrade = head.minor === 1 && tokens.has("upgrade") && !hasBody && getAll(fields, "upgrade").length > 0;
+  const upgrade = head.minor === 1 && tokens.has("upgrade") && !hasBody && has(fields, "upgrade");
   const out: Field[] = [["Host", dest.authority]];
   for (const f of stripHopByHop(fields, tokens, upgrade ? KEEP_UPGRADE : undefined)) {
-    const name = f[0].toLowerCase();
-    if (name === "host") continue;
-    if (name === "max-forwards" && maxForwards > 0) {
-      out.push([f[0], String(maxForwards - 1)]);
+    const name = f[0];
+    if (nameIs(name, "host")) continue;
+    if (maxForwards > 0 && nameIs(name, "max-forwards")) {
+      out.push([name, String(maxForwards - 1)]);
       continue;
     }
     // RFC 9110 §10.1.1: a 100-continue expectation in HTTP/1.0 is ignored.
-    if (name === "expect" && head.minor === 0) continue;
+    if (head.minor === 0 && nameIs(name, "expect")) continue;
     out.push(f);
   }
   out.push(viaField(ctx, head.minor));
@@ -165,40 +165,46 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   }
   // Without a chunked body to the origin there is no trailer section to announce.
   if (framing.kind !== "chunked") dropField(out, "trailer");
-  const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline);
+  // The head is built in a recycled buffer, kept until no retry can need it again.
+  const scratch = takeScratch();
+  const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline, scratch);
   const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing, ctx.chunkedLimits);
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
   // (head and any body) is in `requestHead` and can be sent again.
   const retryable = IDEMPOTENT.has(head.method) && body.done;
   const auth = hasConnectionAuth(getAll(fields, "authorization"));
   const key = `${dest.hostname}:${dest.port}`;
-  for (let attempt = 0;; attempt++) {
-    // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
-    const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
-    if (pinned !== null) {
-      client.pinned = null;
-      pinned.reused = true; // it may have gone stale while idle: the retry rules apply
+  try {
+    for (let attempt = 0;; attempt++) {
+      // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
+      const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
+      if (pinned !== null) {
+        client.pinned = null;
+        pinned.reused = true; // it may have gone stale while idle: the retry rules apply
+      }
+      const up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null) ?? await ctx.pool.open(dest.hostname, dest.port);
+      client.upstream = up.conn;
+      try {
+        const plan: Plan = {
+          req: head,
+          persistent,
+          requestHead,
+          framing,
+          body,
+          upgrade,
+          canRetry: retryable && up.reused,
+          pin: auth || pinned !== null,
+          tokens,
+        };
+        const result = await exchange(ctx, client, up, plan);
+        if (result !== RETRY) return result;
+        ctx.logger.log("debug", "upstream-retry", { origin: up.key });
+      } finally {
+        client.upstream = null;
+      }
     }
-    const up = pinned ?? await ctx.pool.acquire(dest.hostname, dest.port, attempt > 0);
-    client.upstream = up.conn;
-    try {
-      const plan: Plan = {
-        req: head,
-        persistent,
-        requestHead,
-        framing,
-        body,
-        upgrade,
-        canRetry: retryable && up.reused,
-        pin: auth || pinned !== null,
-        tokens,
-      };
-      const result = await exchange(ctx, client, up, plan);
-      if (result !== RETRY) return result;
-      ctx.logger.log("debug", "upstream-retry", { origin: up.key });
-    } finally {
-      client.upstream = null;
-    }
+  } finally {
+    giveScratch(scratch); // every write of requestHead has settled by now
   }
 }
 
@@ -231,7 +237,8 @@ async function exchange(
 ): Promise<boolean | typeof RETRY> {
   const { req, persistent, requestHead, framing, body, upgrade, canRetry } = plan;
   try {
-    await writeAll(up.conn, requestHead);
+    const n = await up.conn.write(requestHead);
+    if (n < requestHead.length) await writeAll(up.conn, requestHead.subarray(n));
   } catch (error) {
     closeQuietly(up.conn);
     if (canRetry) return RETRY;
@@ -367,7 +374,7 @@ async function exchange(
   const fields = stripHopByHop(res.fields, resTokens);
   fields.push(viaField(ctx, res.minor));
   // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
-  if (getAll(res.fields, "date").length === 0) fields.push(["Date", httpDate()]);
+  if (!has(res.fields, "date")) fields.push(["Date", httpDate()]);
   let chunkedToClient = false;
   switch (resFraming.kind) {
     case "none": {
@@ -416,12 +423,22 @@ async function exchange(
     inline = up.reader.take(Math.min(resFraming.length, up.reader.buffered))!;
     rest = { kind: "length", length: resFraming.length - inline.length };
   }
-  await writeOrDrop(client.conn, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline), up.conn);
+  const scratch = takeScratch();
+  try {
+    await writeOrDrop(
+      client.conn,
+      serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, fields, inline, scratch),
+      up.conn,
+    );
+  } finally {
+    giveScratch(scratch);
+  }
   client.finalHeadSent = true;
 
   const resBody = bodyReader(up.reader, rest, ctx.responseChunkedLimits);
   const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.conn) : new RawBodyWriter(client.conn);
-  while (true) {
+  // (A body that went out whole with the head needs no loop: an identity writer has no end.)
+  while (!resBody.done || chunkedToClient) {
     let data: Uint8Array | null;
     try {
       data = await resBody.next();
@@ -456,7 +473,7 @@ async function exchange(
     await settleWithin(pump, LINGER_MS);
     return false;
   }
-  await pump;
+  if (pump !== null) await pump;
   if (clientError !== null || upstreamWriteFailed) {
     closeQuietly(up.conn);
     return false;
@@ -586,15 +603,22 @@ function endToEndTrailers(trailers: readonly Field[], connection: ReadonlySet<st
   return out;
 }
 
+let viaCache: { pseudonym: string; fields: readonly Field[] } | null = null;
+
 /** The `Via` field this proxy adds for a message received as HTTP/1.`minor` (RFC 9110 §7.6.3). */
 function viaField(ctx: ExchangeContext, minor: number): Field {
-  return ["Via", `1.${minor} ${ctx.options.via}`];
+  const pseudonym = ctx.options.via;
+  if (viaCache === null || viaCache.pseudonym !== pseudonym) {
+    viaCache = { pseudonym, fields: [["Via", `1.0 ${pseudonym}`], ["Via", `1.1 ${pseudonym}`]] };
+  }
+  return viaCache.fields[minor] as Field;
 }
 
 /** Writes to the client; if the client is gone, the origin side is dropped too, then the error rises. */
 async function writeOrDrop(conn: Deno.Conn, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
   try {
-    await writeAll(conn, bytes);
+    const n = await conn.write(bytes);
+    if (n < bytes.length) await writeAll(conn, bytes.subarray(n));
   } catch (error) {
     closeQuietly(upstream);
     throw error;
@@ -603,7 +627,7 @@ async function writeOrDrop(conn: Deno.Conn, bytes: Uint8Array, upstream: Deno.Co
 
 /** Removes every field called `name` (lower-case) in place. */
 function dropField(fields: Field[], name: string): void {
-  for (let i = fields.length - 1; i >= 0; i--) if (fields[i][0].toLowerCase() === name) fields.splice(i, 1);
+  for (let i = fields.length - 1; i >= 0; i--) if (nameIs(fields[i][0], name)) fields.splice(i, 1);
 }
 
 /** Waits for `promise` or `ms`, whichever is first (the timer is always cleared). */

@@ -169,10 +169,16 @@ export class HeadParser {
   #str(from: number, to: number): string {
     if (this.#lineText !== null) return this.#lineText.slice(from, to);
     if (this.#text === null || to > this.#textEnd) {
-      // Decode incrementally: a chunk may hold a large body after the head.
+      // Decode up to the empty line that ends the head: a body may follow it in the chunk.
       const bytes = this.#bytes!;
       const from0 = this.#text === null ? 0 : this.#textEnd;
-      const end = Math.min(bytes.length, Math.max(to, from0 * 2, 4096));
+      let end = bytes.length;
+      for (let lf = bytes.indexOf(LF, Math.max(from0, to - 1)); lf !== -1; lf = bytes.indexOf(LF, lf + 1)) {
+        if (bytes[lf + 1] === CR && bytes[lf + 2] === LF) {
+          end = lf + 3;
+          break;
+        }
+      }
       this.#text = (this.#text ?? "") + latin1(bytes, from0, end);
       this.#textEnd = end;
     }

@@ -8,13 +8,20 @@ import type { Field } from "./fields.ts";
 /**
  * Serializes a start line and field lines into head bytes, ending with the
  * empty line, followed by `body` if given. Field names and values are written
- * exactly as given (latin-1).
+ * exactly as given (latin-1). With `into`, the bytes are written there when they
+ * fit and a view of it is returned (no allocation); otherwise a new array.
  */
-export function serializeHead(startLine: string, fields: readonly Field[], body?: Uint8Array | null): Uint8Array {
+export function serializeHead(
+  startLine: string,
+  fields: readonly Field[],
+  body?: Uint8Array | null,
+  into?: Uint8Array,
+): Uint8Array {
   let size = startLine.length + 4;
   for (const f of fields) size += f[0].length + f[1].length + 4;
   // A small body rides in the same buffer: one write, one segment (no Nagle stall).
-  const out = new Uint8Array(size + (body ? body.length : 0));
+  const total = size + (body ? body.length : 0);
+  const out = into !== undefined && into.length >= total ? into.subarray(0, total) : new Uint8Array(total);
   if (body) out.set(body, size);
   let p = put(out, 0, startLine);
   out[p++] = 13;
@@ -35,6 +42,25 @@ export function serializeHead(startLine: string, fields: readonly Field[], body?
 function put(out: Uint8Array, at: number, text: string): number {
   for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
   return at + text.length;
+}
+
+/** Size of the scratch buffers lent by {@link takeScratch}. */
+export const SCRATCH_BYTES = 8192;
+const scratchFree: Uint8Array[] = [];
+
+/**
+ * Lends a scratch buffer for serializing a head. Allocating a typed array costs
+ * far more than filling one (backing store, GC accounting), so heads are built
+ * in recycled buffers. A buffer handed to `conn.write()` must not be returned
+ * with {@link giveScratch} before that write has settled.
+ */
+export function takeScratch(): Uint8Array {
+  return scratchFree.pop() ?? new Uint8Array(SCRATCH_BYTES);
+}
+
+/** Returns a buffer lent by {@link takeScratch} (a bounded number is kept). */
+export function giveScratch(buffer: Uint8Array): void {
+  if (scratchFree.length < 64) scratchFree.push(buffer);
 }
 
 /** Reason phrases for the statuses the proxy itself generates. */

@@ -120,21 +120,27 @@ export class UpstreamPool {
     return this.#idleCount;
   }
 
-  /** Takes an idle connection to `hostname:port`, or opens a new one. */
-  async acquire(hostname: string, port: number, fresh = false): Promise<UpstreamConn> {
-    const key = `${hostname}:${port}`;
-    if (!fresh) {
-      const list = this.#idle.get(key);
-      const idle = list?.pop();
-      if (idle !== undefined) {
-        if (list!.length === 0) this.#idle.delete(key);
-        this.#idleCount--;
-        idle.up.reused = true;
-        return idle.up;
-      }
-    }
+  /** Takes an idle connection for `key` (`host:port`), or null when none is held. */
+  take(key: string): UpstreamConn | null {
+    const list = this.#idle.get(key);
+    const idle = list?.pop();
+    if (idle === undefined) return null;
+    if (list!.length === 0) this.#idle.delete(key);
+    this.#idleCount--;
+    idle.up.reused = true;
+    return idle.up;
+  }
+
+  /** Opens a new connection to `hostname:port` (never pooled until released). */
+  async open(hostname: string, port: number): Promise<UpstreamConn> {
     const conn = await connectUpstream(hostname, port, this.#options.connectTimeoutMs);
-    return { conn, reader: new ConnReader(conn, this.#options.bufferBytes), key, reused: false };
+    return { conn, reader: new ConnReader(conn, this.#options.bufferBytes), key: `${hostname}:${port}`, reused: false };
+  }
+
+  /** Takes an idle connection to `hostname:port`, or opens a new one (always new when `fresh`). */
+  acquire(hostname: string, port: number, fresh = false): Promise<UpstreamConn> {
+    const idle = fresh ? null : this.take(`${hostname}:${port}`);
+    return idle !== null ? Promise.resolve(idle) : this.open(hostname, port);
   }
 
   /** Returns a connection whose last exchange completed cleanly. */
