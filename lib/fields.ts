@@ -31,6 +31,8 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 const HOP_BY_HOP_LIST: readonly string[] = [...HOP_BY_HOP];
 const NO_VALUES: readonly string[] = Object.freeze([]);
 const NO_TOKENS: ReadonlySet<string> = Object.freeze(new Set<string>());
+const KEEP_ALIVE_TOKENS: ReadonlySet<string> = Object.freeze(new Set(["keep-alive"]));
+const CLOSE_TOKENS: ReadonlySet<string> = Object.freeze(new Set(["close"]));
 
 /**
  * Whether a field name equals `lower` (a lower-case name) case-insensitively
@@ -118,6 +120,11 @@ export function splitList(values: readonly string[]): string[] {
 export function connectionTokens(fields: readonly Field[]): ReadonlySet<string> {
   const values = getAll(fields, "connection");
   if (values.length === 0) return NO_TOKENS;
+  // The usual single values get shared sets (read-only: callers never add to them).
+  if (values.length === 1) {
+    if (nameIs(values[0], "keep-alive")) return KEEP_ALIVE_TOKENS;
+    if (nameIs(values[0], "close")) return CLOSE_TOKENS;
+  }
   const tokens = new Set<string>();
   for (const t of splitList(values)) tokens.add(t.toLowerCase());
   return tokens;

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { coarseNow } from "./clock.ts";
 import { parseDecimal } from "./ascii.ts";
 import {
   ForbiddenError,
@@ -64,7 +65,7 @@ export interface ClientSide {
   pinned: UpstreamConn | null;
   /** True while a body is streaming either way (the body idle timeout applies). */
   inBody: boolean;
-  /** `performance.now()` of the last body byte either way. */
+  /** `coarseNow()` (clock.ts) of the last body byte either way. */
   activity: number;
   /** `performance.now()` by which the origin's response head must arrive; 0 when not waiting. */
   responseDeadline: number;
@@ -276,14 +277,14 @@ async function exchange(
     }
   };
   client.inBody = true;
-  client.activity = performance.now();
+  client.activity = coarseNow();
   const pump = body.done ? null : (async () => {
     const writer: BodyWriter = framing.kind === "chunked" ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
     while (true) {
       let data: Uint8Array | null;
       try {
         data = await body.next();
-        client.activity = performance.now();
+        client.activity = coarseNow();
       } catch (error) {
         // The request cannot be completed: abort the upstream side too.
         clientError = error;
@@ -297,7 +298,7 @@ async function exchange(
         }
         if (discard) continue;
         await writer.write(data);
-        client.activity = performance.now();
+        client.activity = coarseNow();
       } catch {
         // The origin stopped reading (it may have answered early); its response decides.
         upstreamWriteFailed = true;
@@ -354,7 +355,7 @@ async function exchange(
     headSeen = true; // the pump must not start a timer from now on
     client.responseDeadline = 0;
     client.inBody = true;
-    client.activity = performance.now();
+    client.activity = coarseNow();
   }
 
   if (res.status === 101) return await switchProtocols(ctx, client, res, up);
@@ -442,7 +443,7 @@ async function exchange(
     let data: Uint8Array | null;
     try {
       data = await resBody.next();
-      client.activity = performance.now();
+      client.activity = coarseNow();
     } catch (error) {
       // After the head is on the wire a failure can only abort: never fake a complete body.
       closeQuietly(up.conn);
@@ -455,7 +456,7 @@ async function exchange(
         break;
       }
       await writer.write(data);
-      client.activity = performance.now(); // a slow reader still makes progress
+      client.activity = coarseNow(); // a slow reader still makes progress
     } catch {
       // The client went away mid-response; the origin side cannot be reused.
       closeQuietly(up.conn);

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { tick } from "./clock.ts";
 import { PrematureEofError, ProxyError } from "./errors.ts";
 import { type ClientSide, describe, type ExchangeContext, handleRequest } from "./forward.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
@@ -164,9 +165,17 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   }
 
   // Head, idle and body timeouts: one sweeper for all sessions, no timer per request.
+  const sweepMs = Math.max(
+    25,
+    Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4),
+  );
+  // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
+  // can be up to one interval old, so that much slack keeps the timeout from firing early.
+  const bodyIdleMs = opts.bodyTimeoutMs + sweepMs;
+  tick();
   const sweeper = setInterval(
     () => {
-      const now = performance.now();
+      const now = tick();
       for (const s of sessions) {
         if (s.waitingHead && now > s.deadline) expireHead(s);
         else if (s.responseDeadline > 0 && now > s.responseDeadline) {
@@ -174,7 +183,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
           s.responseDeadline = 0;
           s.responseTimedOut = true;
           if (s.upstream) closeQuietly(s.upstream);
-        } else if (s.inBody && now - s.activity > opts.bodyTimeoutMs) {
+        } else if (s.inBody && now - s.activity > bodyIdleMs) {
           logger.log("info", "body-timeout", { client: peer(s.conn) });
           s.inBody = false;
           closeQuietly(s.conn);
@@ -182,13 +191,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         }
       }
     },
-    Math.max(
-      25,
-      Math.min(
-        1000,
-        Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4,
-      ),
-    ),
+    sweepMs,
   );
   Deno.unrefTimer(sweeper);
 

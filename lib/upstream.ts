@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { coarseNow, tick } from "./clock.ts";
 import { UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import { closeQuietly } from "./conn.ts";
 import { ConnReader } from "./reader.ts";
@@ -19,6 +20,8 @@ export interface UpstreamConn {
   readonly key: string;
   /** Whether this connection came from the pool (it may have gone stale). */
   reused: boolean;
+  /** The pool's bookkeeping for this connection, made on its first release and reused. */
+  idle?: Idle;
 }
 
 /** Pool settings. */
@@ -37,8 +40,10 @@ export interface PoolOptions {
 
 interface Idle {
   up: UpstreamConn;
-  /** `performance.now()` when it became idle. */
+  /** `coarseNow()` when it became idle. */
   since: number;
+  /** Removes and closes the connection if it is still idle (its idle read settled). */
+  drop: () => void;
 }
 
 /**
@@ -99,8 +104,12 @@ export class UpstreamPool {
 
   /** Expires idle connections: one interval while any are held, no timer per release. */
   #sweep(): void {
-    const cutoff = performance.now() - this.#options.idleTimeoutMs;
+    const cutoff = tick() - this.#options.idleTimeoutMs;
     for (const [key, list] of this.#idle) {
+      if (list.length === 0) {
+        this.#idle.delete(key);
+        continue;
+      }
       // Lists are in release order: the oldest are at the front.
       let expired = 0;
       while (expired < list.length && list[expired].since <= cutoff) closeQuietly(list[expired++].up.conn);
@@ -110,6 +119,7 @@ export class UpstreamPool {
       if (list.length === 0) this.#idle.delete(key);
     }
     if (this.#idleCount === 0) {
+      this.#idle.clear(); // only emptied lists are left
       clearInterval(this.#sweeper);
       this.#sweeper = undefined;
     }
@@ -125,8 +135,7 @@ export class UpstreamPool {
     const list = this.#idle.get(key);
     const idle = list?.pop();
     if (idle === undefined) return null;
-    if (list!.length === 0) this.#idle.delete(key);
-    this.#idleCount--;
+    this.#idleCount--; // (an emptied list stays for the next release; the sweeper removes it)
     idle.up.reused = true;
     return idle.up;
   }
@@ -162,13 +171,17 @@ export class UpstreamPool {
         return;
       }
     }
-    const entry: Idle = { up, since: performance.now() };
+    let entry = up.idle;
+    if (entry === undefined) {
+      const made: Idle = { up, since: 0, drop: () => this.#remove(made) };
+      entry = up.idle = made;
+    }
+    entry.since = coarseNow();
     list.push(entry);
     this.#idleCount++;
     // RFC 9112 §9.3: responses pair with requests by order. Bytes or EOF arriving while
     // no request is outstanding belong to nothing: the connection is dropped, never reused.
-    const drop = () => this.#remove(entry);
-    up.reader.prefetch().then(drop, drop);
+    up.reader.prefetch().then(entry.drop, entry.drop);
     if (this.#sweeper === undefined) {
       this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.min(5000, o.idleTimeoutMs / 4)));
       Deno.unrefTimer(this.#sweeper);
@@ -181,7 +194,6 @@ export class UpstreamPool {
     const at = list === undefined ? -1 : list.indexOf(entry);
     if (at === -1) return; // already taken by a request (its response read continues) or closed
     list!.splice(at, 1);
-    if (list!.length === 0) this.#idle.delete(entry.up.key);
     this.#idleCount--;
     closeQuietly(entry.up.conn);
   }
