@@ -15,34 +15,53 @@ export interface Readable {
   read(p: Uint8Array): Promise<number | null>;
 }
 
+/** Large read buffers not in use, shared by every reader in this isolate. */
+const spareLarge = new Map<number, Uint8Array[]>();
+/** How many spare large buffers of one size are kept for reuse. */
+const MAX_SPARE = 32;
+
+function takeLarge(size: number): Uint8Array {
+  return spareLarge.get(size)?.pop() ?? new Uint8Array(size);
+}
+
+function giveLarge(buffer: Uint8Array): void {
+  let list = spareLarge.get(buffer.length);
+  if (list === undefined) spareLarge.set(buffer.length, list = []);
+  if (list.length < MAX_SPARE) list.push(buffer);
+}
+
 /**
- * Pull reader with one reusable buffer. A chunk returned by {@link next} is a
- * view into that buffer and stays valid until the next call; {@link unread}
+ * Pull reader over a connection. A chunk returned by {@link next} is a view
+ * into the current buffer and stays valid until the next call; {@link unread}
  * gives back the tail of the last chunk so the next call returns it again.
+ *
+ * Memory follows activity: a reader owns a small buffer (`minBytes`, made on
+ * its first read), borrows a large one (`maxBytes`) from a shared spare list
+ * when a read fills the small one (a bulk transfer), and gives it back when
+ * reads come in small again or the connection goes idle ({@link prefetch}).
+ * So idle and small-message connections hold only the small buffer, and bulk
+ * transfers reuse large buffers instead of allocating them.
  */
 export class ConnReader {
   readonly #conn: Readable;
   readonly #min: number;
   readonly #max: number;
-  #size: number;
+  #small: Uint8Array | null = null;
   #buf: Uint8Array | null = null;
   #start = 0;
   #end = 0;
   #last: Uint8Array | null = null;
   #pending: Promise<number | null> | null = null;
+  /** 1: borrow a large buffer for the next read; -1: give it back; 0: keep the current one. */
+  #want = 0;
   /** True once the peer has closed its sending side (or reset). */
   eof = false;
 
-  /**
-   * Wraps a connection. The buffer is allocated on first read at `minBytes`,
-   * jumps to `maxBytes` when a read fills it (a bulk body), and halves back when
-   * reads come in small, so idle and small-message connections stay cheap.
-   */
+  /** Wraps a connection (buffers of `minBytes` and, for bulk reads, `maxBytes`). */
   constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(4096, maxBytes)) {
     this.#conn = conn;
     this.#min = minBytes;
     this.#max = maxBytes;
-    this.#size = minBytes;
   }
 
   /** True while a read started by {@link prefetch} has not been taken by {@link next}. */
@@ -77,8 +96,22 @@ export class ConnReader {
       this.#pending = null;
       return pending;
     }
-    if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
+    // Nothing is buffered and the last chunk is consumed: the buffer may change now.
+    if (this.#want > 0) this.#buf = takeLarge(this.#max);
+    else if (this.#want < 0) this.#returnLarge();
+    this.#want = 0;
+    this.#buf ??= this.#smallBuffer();
     return this.#conn.read(this.#buf);
+  }
+
+  /** Gives a borrowed large buffer back and goes back to the small one. */
+  #returnLarge(): void {
+    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+    this.#buf = this.#smallBuffer();
+  }
+
+  #smallBuffer(): Uint8Array {
+    return this.#small ??= new Uint8Array(this.#min);
   }
 
   /** Takes in the result of a read: the bytes read, or null at EOF. */
@@ -89,14 +122,14 @@ export class ConnReader {
       this.#last = null;
       return null;
     }
-    if (n === buf.length) {
-      this.#size = this.#max; // a full read means a bulk transfer: go straight to the largest buffer
-    } else if (n < buf.length >> 4 && this.#size > this.#min) {
-      this.#size = buf.length >> 1;
-    }
     this.#start = this.#end = n;
     const chunk = buf.subarray(0, n);
     this.#last = chunk;
+    // A full small buffer means a bulk transfer: the next read borrows a large buffer.
+    // Reads coming in small again give it back. (The switch waits for the next read:
+    // this chunk is a view into the current buffer.)
+    if (n === buf.length && buf === this.#small && this.#max > this.#min) this.#want = 1;
+    else if (n < buf.length >> 4 && buf !== this.#small) this.#want = -1;
     return chunk;
   }
 
@@ -109,10 +142,10 @@ export class ConnReader {
   prefetch(): Promise<number | null> {
     if (this.#pending !== null) return this.#pending;
     if (this.#end > this.#start || this.eof) return Promise.resolve(this.#end - this.#start);
-    // An idle connection holds only a small buffer.
-    this.#size = this.#min;
-    if (this.#buf === null || this.#buf.length !== this.#size) this.#buf = new Uint8Array(this.#size);
-    this.#pending = this.#conn.read(this.#buf);
+    // An idle connection holds only its small buffer (a borrowed large one goes back).
+    this.#returnLarge();
+    this.#want = 0;
+    this.#pending = this.#conn.read(this.#buf!);
     return this.#pending;
   }
 
@@ -144,9 +177,10 @@ export class ConnReader {
 
   /** Releases the buffer while idle (a small one is allocated on the next read). */
   release(): void {
-    if (this.#end === this.#start) {
-      this.#buf = null;
-      this.#size = this.#min;
+    if (this.#end === this.#start && this.#pending === null) {
+      if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+      this.#buf = this.#small = null;
+      this.#want = 0;
       this.#start = this.#end = 0;
     }
   }
