@@ -71,6 +71,37 @@ export interface ClientSide {
   responseDeadline: number;
   /** Set by the server when `responseDeadline` passed (the upstream was closed). */
   responseTimedOut: boolean;
+  /** Notices a client reset while a response head is awaited (made on first use). */
+  resetWatch?: ResetWatch;
+}
+
+/**
+ * The client's next read is started as soon as a request is out, so that a reset
+ * while the origin is still working abandons the origin request at once. Its
+ * handler lives as long as that read, possibly long after the exchange (an idle
+ * keep-alive connection), so it is made once per connection and holds nothing
+ * of the exchange but the upstream connection while the head is awaited.
+ */
+interface ResetWatch {
+  /** The upstream connection to close on a client reset; null when not awaiting a head. */
+  upstream: Deno.Conn | null;
+  /** Set when the client reset while the head was awaited. */
+  gone: boolean;
+  readonly onError: () => void;
+}
+
+function newResetWatch(): ResetWatch {
+  const watch: ResetWatch = {
+    upstream: null,
+    gone: false,
+    onError: () => {
+      // A FIN is a legitimate half-close and never gets here; pipelined bytes stay buffered.
+      if (watch.upstream === null) return;
+      watch.gone = true;
+      closeQuietly(watch.upstream);
+    },
+  };
+  return watch;
 }
 
 const RETRY = Symbol("retry");
@@ -254,7 +285,8 @@ async function exchange(
   // The response-head deadline is enforced by the server's sweeper (no timer per request):
   // on expiry it sets client.responseTimedOut and closes the upstream connection.
   client.responseTimedOut = false;
-  let clientGone = false;
+  const watch = client.resetWatch ??= newResetWatch();
+  watch.gone = false;
   const startResponseTimer = () => {
     client.inBody = false;
     client.responseDeadline = performance.now() + ctx.options.responseTimeoutMs;
@@ -262,16 +294,13 @@ async function exchange(
     // request anyway) so a client that resets while we wait is noticed at once and the
     // origin request is abandoned. A FIN is a legitimate half-close and changes nothing;
     // pipelined bytes simply stay buffered.
-    client.reader.prefetch().catch(() => {
-      if (headSeen) return; // the exchange moved on: the connection may be pooled for others now
-      clientGone = true;
-      closeQuietly(up.conn);
-    });
+    watch.upstream = up.conn;
+    client.reader.prefetch().catch(watch.onError);
   };
   /** Why the response read failed when it was our doing: the client side or the deadline. */
   const throwIfAbandoned = () => {
     if (clientError !== null) throw clientError;
-    if (clientGone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
+    if (watch.gone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
     if (client.responseTimedOut) {
       throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
     }
@@ -353,6 +382,7 @@ async function exchange(
     }
   } finally {
     headSeen = true; // the pump must not start a timer from now on
+    watch.upstream = null; // the exchange moved on: the connection may be pooled for others now
     client.responseDeadline = 0;
     client.inBody = true;
     client.activity = coarseNow();

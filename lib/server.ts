@@ -213,6 +213,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       activity: 0,
       responseDeadline: 0,
       responseTimedOut: false,
+      resetWatch: undefined,
       done: Promise.resolve(),
     } as Session;
     session.done = serveClient(session).catch((error) => {
