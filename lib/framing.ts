@@ -33,6 +33,12 @@ export function contentLength(fields: readonly Field[]): number {
   const values = getAll(fields, "content-length");
   if (values.length === 0) return -1;
   let length = -1;
+  // The usual single, plain value needs no splitting.
+  if (values.length === 1 && !values[0].includes(",")) {
+    const n = parseDecimal(trimOws(values[0]));
+    if (n < 0) throw new ParseError("Cannot parse Content-Length", "invalid-content-length");
+    return n;
+  }
   for (const value of values) {
     for (const part of value.split(",")) {
       const n = parseDecimal(trimOws(part));
