@@ -19,6 +19,12 @@ export interface Readable {
 const spareLarge = new Map<number, Uint8Array[]>();
 /** How many spare large buffers of one size are kept for reuse. */
 const MAX_SPARE = 32;
+/**
+ * The first step up from the small buffer. A body that fills it too (a real bulk
+ * transfer) moves on to the reader's largest size: large reads halve the reads
+ * and writes per byte, but a 64 KiB response should not take a 256 KiB buffer.
+ */
+const MID_BYTES = 65536;
 
 function takeLarge(size: number): Uint8Array {
   return spareLarge.get(size)?.pop() ?? new Uint8Array(size);
@@ -36,9 +42,10 @@ function giveLarge(buffer: Uint8Array): void {
  * gives back the tail of the last chunk so the next call returns it again.
  *
  * Memory follows activity: a reader owns a small buffer (`minBytes`, made on
- * its first read), borrows a large one (`maxBytes`) from a shared spare list
- * when a read fills the small one (a bulk transfer), and gives it back when
- * reads come in small again or the connection goes idle ({@link prefetch}).
+ * its first read), borrows a larger one from a shared spare list when a read
+ * fills the small one (64 KiB, then `maxBytes` if that fills too: a bulk
+ * transfer), and gives it back when reads come in small again or the
+ * connection goes idle ({@link prefetch}).
  * So idle and small-message connections hold only the small buffer, and bulk
  * transfers reuse large buffers instead of allocating them.
  */
@@ -52,7 +59,7 @@ export class ConnReader {
   #end = 0;
   #last: Uint8Array | null = null;
   #pending: Promise<number | null> | null = null;
-  /** 1: borrow a large buffer for the next read; -1: give it back; 0: keep the current one. */
+  /** >0: borrow a buffer of this size for the next read; -1: go back to the small one; 0: keep. */
   #want = 0;
   /** True once the peer has closed its sending side (or reset). */
   eof = false;
@@ -97,8 +104,10 @@ export class ConnReader {
       return pending;
     }
     // Nothing is buffered and the last chunk is consumed: the buffer may change now.
-    if (this.#want > 0) this.#buf = takeLarge(this.#max);
-    else if (this.#want < 0) this.#returnLarge();
+    if (this.#want > 0) {
+      if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+      this.#buf = takeLarge(this.#want);
+    } else if (this.#want < 0) this.#returnLarge();
     this.#want = 0;
     this.#buf ??= this.#smallBuffer();
     return this.#conn.read(this.#buf);
@@ -128,7 +137,7 @@ export class ConnReader {
     // A full small buffer means a bulk transfer: the next read borrows a large buffer.
     // Reads coming in small again give it back. (The switch waits for the next read:
     // this chunk is a view into the current buffer.)
-    if (n === buf.length && buf === this.#small && this.#max > this.#min) this.#want = 1;
+    if (n === buf.length && n < this.#max) this.#want = n < MID_BYTES && MID_BYTES < this.#max ? MID_BYTES : this.#max;
     else if (n < buf.length >> 4 && buf !== this.#small) this.#want = -1;
     return chunk;
   }

@@ -91,7 +91,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     maxIdlePerOrigin: opts.maxIdlePerOrigin,
     maxIdle: 4096,
     idleTimeoutMs: opts.upstreamIdleTimeoutMs,
-    bufferBytes: 64 * 1024,
+    bufferBytes: 256 * 1024,
   });
   const sessions = new Set<Session>();
   const abort = new AbortController();
@@ -198,7 +198,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   function newSession(conn: Deno.TcpConn): Session {
     const session = {
       conn,
-      reader: new ConnReader(conn, 64 * 1024),
+      reader: new ConnReader(conn, 256 * 1024),
       finalHeadSent: false,
       upstream: null,
       pinned: null,
