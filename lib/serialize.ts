@@ -5,6 +5,8 @@
  */
 import type { Field } from "./fields.ts";
 
+const encoder = new TextEncoder();
+
 /**
  * Serializes a start line and field lines into head bytes, ending with the
  * empty line, followed by `body` if given. Field names and values are written
@@ -17,26 +19,19 @@ export function serializeHead(
   body?: Uint8Array | null,
   into?: Uint8Array,
 ): Uint8Array {
-  let size = startLine.length + 4;
-  for (const f of fields) size += f[0].length + f[1].length + 4;
+  // One string, encoded natively in one call: much faster than a char-by-char copy.
+  let text = startLine + "\r\n";
+  for (let i = 0; i < fields.length; i++) text += fields[i][0] + ": " + fields[i][1] + "\r\n";
+  text += "\r\n";
+  const size = text.length;
   // A small body rides in the same buffer: one write, one segment (no Nagle stall).
   const total = size + (body ? body.length : 0);
-  const out = into !== undefined && into.length >= total ? into.subarray(0, total) : new Uint8Array(total);
+  const out = into !== undefined && into.length >= total ? into : new Uint8Array(total);
+  const done = encoder.encodeInto(text, out);
+  // UTF-8 equals latin-1 only for ASCII: any other char makes read or written differ.
+  if (done.read !== size || done.written !== size) put(out, 0, text);
   if (body) out.set(body, size);
-  let p = put(out, 0, startLine);
-  out[p++] = 13;
-  out[p++] = 10;
-  for (const f of fields) {
-    p = put(out, p, f[0]);
-    out[p++] = 58;
-    out[p++] = 32;
-    p = put(out, p, f[1]);
-    out[p++] = 13;
-    out[p++] = 10;
-  }
-  out[p++] = 13;
-  out[p++] = 10;
-  return out;
+  return out.length === total ? out : out.subarray(0, total);
 }
 
 function put(out: Uint8Array, at: number, text: string): number {
