@@ -509,3 +509,38 @@ Deno.test("a connection that carried NTLM/Negotiate stays with its client and is
     });
   }
 });
+
+const RESET_WHILE_WAITING = `
+import socket, struct, sys, time
+port, target, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.connect(("127.0.0.1", port))
+s.sendall(("GET %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (target, host)).encode())
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+
+// Behaviour kept through the hot-path work: a keep-alive client that resets while the
+// origin is still working has its origin request abandoned at once, not when the origin
+// answers or the response timeout (60 s) fires.
+Deno.test("a client reset while the origin works closes the origin connection at once", async () => {
+  const seen = deferred<number>();
+  await using origin = startOrigin(async (c) => {
+    await c.readHead();
+    const start = performance.now();
+    await c.waitEof();
+    seen.resolve(performance.now() - start);
+  });
+  await using proxy = startTestProxy();
+  const out = await new Deno.Command("python3", {
+    args: ["-c", RESET_WHILE_WAITING, String(proxy.port), origin.url("/slow"), `127.0.0.1:${origin.port}`],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, `python3 failed: ${new TextDecoder().decode(out.stderr)}`);
+  const ms = await seen.promise;
+  assert.ok(ms < 3000, `origin connection closed ${ms.toFixed(0)} ms after the request`);
+  assert.ok(await pollUntil(() => proxy.handle.connections === 0, 3000), "the session of the reset client remains");
+});
