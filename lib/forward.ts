@@ -297,7 +297,7 @@ async function exchange(
     // response: no next request needs that read, and closing a connection with a read
     // pending makes Deno build an Interrupted error (a fifth of the cost of a
     // connection-per-request client); a reset then shows when the response is written.
-    if (true) return;
+    if (!persistent) return;
     watch.upstream = up.conn;
     client.reader.prefetch().catch(watch.onError);
   };
