@@ -19,12 +19,17 @@ export interface Readable {
 const spareLarge = new Map<number, Uint8Array[]>();
 /** How many spare large buffers of one size are kept for reuse. */
 const MAX_SPARE = 32;
+/** How many spare small buffers of one size are kept (connection churn reuses them). */
+const MAX_SPARE_SMALL = 256;
 /**
  * The first step up from the small buffer. A body that fills it too (a real bulk
  * transfer) moves on to the reader's largest size: large reads halve the reads
  * and writes per byte, but a 64 KiB response should not take a 256 KiB buffer.
  */
 const MID_BYTES = 65536;
+
+/** Small buffers of closed connections, for the next connections. */
+const spareSmall = new Map<number, Uint8Array[]>();
 
 function takeLarge(size: number): Uint8Array {
   return spareLarge.get(size)?.pop() ?? new Uint8Array(size);
@@ -120,7 +125,26 @@ export class ConnReader {
   }
 
   #smallBuffer(): Uint8Array {
-    return this.#small ??= new Uint8Array(this.#min);
+    return this.#small ??= spareSmall.get(this.#min)?.pop() ?? new Uint8Array(this.#min);
+  }
+
+  /**
+   * Gives the buffers back for other connections once the connection is closed
+   * and no read into them can still be in flight (a read left pending by
+   * {@link prefetch} keeps them: it settles after the close). Reading after this
+   * starts over with a fresh buffer.
+   */
+  dispose(): void {
+    if (this.#pending !== null) return;
+    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+    if (this.#small !== null) {
+      let list = spareSmall.get(this.#small.length);
+      if (list === undefined) spareSmall.set(this.#small.length, list = []);
+      if (list.length < MAX_SPARE_SMALL) list.push(this.#small);
+    }
+    this.#buf = this.#small = this.#last = null;
+    this.#start = this.#end = 0;
+    this.#want = 0;
   }
 
   /** Takes in the result of a read: the bytes read, or null at EOF. */

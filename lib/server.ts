@@ -220,6 +220,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       logger.log("error", "session-crashed", { error: describe(error) });
     }).finally(() => {
       closeQuietly(conn);
+      session.reader.dispose(); // its buffers go back for the next connection
       if (session.pinned !== null) closeQuietly(session.pinned.conn);
     });
     return session;

@@ -81,3 +81,26 @@ Deno.test("ConnReader: an idle read (prefetch) uses the small buffer and next() 
   assert.deepEqual(chunk, data.subarray(total, total + n!));
   assert.equal(reader.reading, false);
 });
+
+Deno.test("ConnReader.dispose: buffers are reused by the next reader unless a read is still pending", async () => {
+  const buffers: ArrayBufferLike[] = [];
+  const conn = (pending: boolean) => ({
+    read(p: Uint8Array): Promise<number | null> {
+      buffers.push(p.buffer);
+      if (pending) return new Promise(() => {}); // never settles: the buffer stays lent
+      p[0] = 1;
+      return Promise.resolve(1);
+    },
+  });
+  // Size 3000 is used by no other reader in this process, so the spare list is this test's own.
+  const first = new ConnReader(conn(false), 65536, 3000);
+  await first.next();
+  first.dispose();
+  const second = new ConnReader(conn(true), 65536, 3000);
+  second.prefetch();
+  assert.equal(buffers[1], buffers[0], "the disposed reader's buffer was reused");
+  second.dispose(); // a read is pending: the buffer must not be handed out
+  const third = new ConnReader(conn(false), 65536, 3000);
+  await third.next();
+  assert.notEqual(buffers[2], buffers[1], "a buffer with a read in flight was handed to another reader");
+});
