@@ -9,6 +9,8 @@
  */
 
 let cached = performance.now();
+/** How old the cached time can be: the longest interval of the sweepers that tick it. */
+let slack = 0;
 
 /** The time of the last {@link tick}, in `performance.now()` milliseconds. */
 export function coarseNow(): number {
@@ -19,4 +21,18 @@ export function coarseNow(): number {
 export function tick(): number {
   cached = performance.now();
   return cached;
+}
+
+/** Declares that something calls {@link tick} at least every `intervalMs` while it runs. */
+export function tickedEvery(intervalMs: number): void {
+  slack = Math.max(slack, intervalMs);
+}
+
+/**
+ * A deadline `ms` from now, from the coarse clock. The stamp may be up to one
+ * tick interval old, so that much is added: the deadline never comes early, and
+ * checked on ticks, it passes at most two intervals late.
+ */
+export function deadlineIn(ms: number): number {
+  return cached + ms + slack;
 }

@@ -28,7 +28,6 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "proxy-authenticate",
 ]);
 
-const HOP_BY_HOP_LIST: readonly string[] = [...HOP_BY_HOP];
 const NO_VALUES: readonly string[] = Object.freeze([]);
 const NO_TOKENS: ReadonlySet<string> = Object.freeze(new Set<string>());
 const KEEP_ALIVE_TOKENS: ReadonlySet<string> = Object.freeze(new Set(["keep-alive"]));
@@ -55,10 +54,28 @@ function nameInSet(name: string, names: ReadonlySet<string>): boolean {
   return false;
 }
 
-/** Whether `name` is a hop-by-hop field or `Content-Length` (indexed loop: no iterator objects). */
+/** Whether `name` is a hop-by-hop field or `Content-Length` (by length first: most names match none). */
 function isHopByHopOrLength(name: string): boolean {
-  for (let i = 0; i < HOP_BY_HOP_LIST.length; i++) if (nameIs(name, HOP_BY_HOP_LIST[i])) return true;
-  return nameIs(name, "content-length");
+  switch (name.length) {
+    case 2:
+      return nameIs(name, "te");
+    case 7:
+      return nameIs(name, "upgrade");
+    case 10:
+      return nameIs(name, "connection") || nameIs(name, "keep-alive");
+    case 14:
+      return nameIs(name, "content-length");
+    case 16:
+      return nameIs(name, "proxy-connection");
+    case 17:
+      return nameIs(name, "transfer-encoding");
+    case 18:
+      return nameIs(name, "proxy-authenticate");
+    case 19:
+      return nameIs(name, "proxy-authorization");
+    default:
+      return false;
+  }
 }
 
 /** All values of a field (name compared case-insensitively, lower-case `name`). */

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { coarseNow } from "./clock.ts";
+import { coarseNow, deadlineIn } from "./clock.ts";
 import { parseDecimal } from "./ascii.ts";
 import {
   ForbiddenError,
@@ -67,7 +67,7 @@ export interface ClientSide {
   inBody: boolean;
   /** `coarseNow()` (clock.ts) of the last body byte either way. */
   activity: number;
-  /** `performance.now()` by which the origin's response head must arrive; 0 when not waiting. */
+  /** Deadline (clock.ts `deadlineIn`) for the origin's response head; 0 when not waiting. */
   responseDeadline: number;
   /** Set by the server when `responseDeadline` passed (the upstream was closed). */
   responseTimedOut: boolean;
@@ -289,7 +289,7 @@ async function exchange(
   watch.gone = false;
   const startResponseTimer = () => {
     client.inBody = false;
-    client.responseDeadline = performance.now() + ctx.options.responseTimeoutMs;
+    client.responseDeadline = deadlineIn(ctx.options.responseTimeoutMs);
     // The request is out: start the client's next read now (it is needed for the next
     // request anyway) so a client that resets while we wait is noticed at once and the
     // origin request is abandoned. A FIN is a legitimate half-close and changes nothing;

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { tick } from "./clock.ts";
+import { deadlineIn, tick, tickedEvery } from "./clock.ts";
 import { PrematureEofError, ProxyError } from "./errors.ts";
 import { type ClientSide, describe, type ExchangeContext, handleRequest } from "./forward.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
@@ -43,7 +43,7 @@ interface Session extends ClientSide {
   waitingHead: boolean;
   /** Whether a byte of the awaited head has arrived. */
   headStarted: boolean;
-  /** `performance.now()` deadline for the awaited head. */
+  /** Deadline for the awaited head (clock.ts `deadlineIn`). */
   deadline: number;
   /** Set when the sweeper expired the head wait. */
   timedOut: boolean;
@@ -172,6 +172,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
   const bodyIdleMs = opts.bodyTimeoutMs + sweepMs;
+  tickedEvery(sweepMs);
   tick();
   const sweeper = setInterval(
     () => {
@@ -266,7 +267,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     // until its first byte. The sweeper enforces the deadline (no timer per request).
     s.waitingHead = true;
     s.headStarted = false;
-    s.deadline = performance.now() + (first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
+    s.deadline = deadlineIn(first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
     try {
       while (true) {
         let chunk: Uint8Array | null;
@@ -283,7 +284,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         }
         if (!s.headStarted) {
           s.headStarted = true;
-          if (!first) s.deadline = performance.now() + opts.headerTimeoutMs;
+          if (!first) s.deadline = deadlineIn(opts.headerTimeoutMs);
         }
         const used = parser.push(chunk);
         if (parser.complete) {

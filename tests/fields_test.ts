@@ -189,3 +189,14 @@ Deno.test("viaContains finds this proxy's pseudonym in Via (RFC 9110 §7.6.3)", 
     );
   }
 });
+
+Deno.test("stripHopByHop drops every HOP_BY_HOP name and Content-Length, in any case, and keeps others", () => {
+  for (const name of [...HOP_BY_HOP, "content-length"]) {
+    for (const spelled of [name, name.toUpperCase(), name[0].toUpperCase() + name.slice(1)]) {
+      assert.deepEqual(stripHopByHop([[spelled, "x"], ["X-Kept", "y"]], new Set()), [["X-Kept", "y"]], spelled);
+    }
+  }
+  // Same lengths as hop-by-hop names, different names: kept.
+  const sameLength: Field[] = [["tx", "1"], ["upgradx", "2"], ["connectiom", "3"], ["content-lengtx", "4"]];
+  assert.deepEqual(stripHopByHop(sameLength, new Set()), sameLength);
+});
