@@ -83,6 +83,7 @@ const ctx: ExchangeContext = {
   logger: silentLogger,
   stopping: false,
   abortSignal: new AbortController().signal,
+  tickMs: 1000,
 };
 // The origin answers every request it is sent.
 const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));

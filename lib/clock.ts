@@ -9,8 +9,6 @@
  */
 
 let cached = performance.now();
-/** How old the cached time can be: the longest interval of the sweepers that tick it. */
-let slack = 0;
 
 /** The time of the last {@link tick}, in `performance.now()` milliseconds. */
 export function coarseNow(): number {
@@ -23,16 +21,13 @@ export function tick(): number {
   return cached;
 }
 
-/** Declares that something calls {@link tick} at least every `intervalMs` while it runs. */
-export function tickedEvery(intervalMs: number): void {
-  slack = Math.max(slack, intervalMs);
-}
-
 /**
- * A deadline `ms` from now, from the coarse clock. The stamp may be up to one
- * tick interval old, so that much is added: the deadline never comes early, and
- * checked on ticks, it passes at most two intervals late.
+ * A deadline `ms` from now, from the coarse clock, for a caller whose own
+ * sweeper calls {@link tick} every `tickMs` (so the cached time is at most that
+ * old while it runs; other sweepers ticking too only make it fresher). That much
+ * is added: the deadline never comes early, and checked on ticks, it passes at
+ * most two intervals late.
  */
-export function deadlineIn(ms: number): number {
-  return cached + ms + slack;
+export function deadlineIn(ms: number, tickMs: number): number {
+  return cached + ms + tickMs;
 }

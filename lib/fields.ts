@@ -29,6 +29,8 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 ]);
 
 const NO_VALUES: readonly string[] = Object.freeze([]);
+// Shared by every message. Object.freeze does not stop Set.add: these are typed ReadonlySet
+// (as connectionTokens returns them) and nothing may add to them.
 const NO_TOKENS: ReadonlySet<string> = Object.freeze(new Set<string>());
 const KEEP_ALIVE_TOKENS: ReadonlySet<string> = Object.freeze(new Set(["keep-alive"]));
 const CLOSE_TOKENS: ReadonlySet<string> = Object.freeze(new Set(["close"]));

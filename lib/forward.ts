@@ -48,6 +48,8 @@ export interface ExchangeContext {
   readonly stopping: boolean;
   /** Aborted when the shutdown grace period is over: tunnels end as "aborted". */
   readonly abortSignal: AbortSignal;
+  /** How often the server's sweeper ticks the coarse clock and checks deadlines (ms). */
+  readonly tickMs: number;
 }
 
 /** The client side of an exchange. */
@@ -289,7 +291,7 @@ async function exchange(
   watch.gone = false;
   const startResponseTimer = () => {
     client.inBody = false;
-    client.responseDeadline = deadlineIn(ctx.options.responseTimeoutMs);
+    client.responseDeadline = deadlineIn(ctx.options.responseTimeoutMs, ctx.tickMs);
     // The request is out: start the client's next read now (it is needed for the next
     // request anyway) so a client that resets while we wait is noticed at once and the
     // origin request is abandoned. A FIN is a legitimate half-close and changes nothing;

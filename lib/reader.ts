@@ -64,6 +64,8 @@ export class ConnReader {
   #end = 0;
   #last: Uint8Array | null = null;
   #pending: Promise<number | null> | null = null;
+  /** True from the start of a conn.read() into our buffer until its result is taken in. */
+  #inFlight = false;
   /** >0: borrow a buffer of this size for the next read; -1: go back to the small one; 0: keep. */
   #want = 0;
   /** True once the peer has closed its sending side (or reset). */
@@ -90,7 +92,14 @@ export class ConnReader {
   async next(): Promise<Uint8Array | null> {
     if (this.#end > this.#start) return this.#buffered();
     if (this.eof) return null;
-    return this.#accept(await this.#read());
+    let n: number | null;
+    try {
+      n = await this.#read();
+    } catch (error) {
+      this.#inFlight = false;
+      throw error;
+    }
+    return this.#accept(n);
   }
 
   /** The unconsumed buffered bytes, consumed (a view valid until the next read). */
@@ -115,6 +124,7 @@ export class ConnReader {
     } else if (this.#want < 0) this.#returnLarge();
     this.#want = 0;
     this.#buf ??= this.#smallBuffer();
+    this.#inFlight = true;
     return this.#conn.read(this.#buf);
   }
 
@@ -135,7 +145,7 @@ export class ConnReader {
    * starts over with a fresh buffer.
    */
   dispose(): void {
-    if (this.#pending !== null) return;
+    if (this.#pending !== null || this.#inFlight) return;
     if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
     if (this.#small !== null) {
       let list = spareSmall.get(this.#small.length);
@@ -149,6 +159,7 @@ export class ConnReader {
 
   /** Takes in the result of a read: the bytes read, or null at EOF. */
   #accept(n: number | null): Uint8Array | null {
+    this.#inFlight = false;
     const buf = this.#buf!;
     if (n === null) {
       this.eof = true;
@@ -175,9 +186,12 @@ export class ConnReader {
   prefetch(): Promise<number | null> {
     if (this.#pending !== null) return this.#pending;
     if (this.#end > this.#start || this.eof) return Promise.resolve(this.#end - this.#start);
+    // A second read into the buffer a next() is reading into would corrupt both.
+    if (this.#inFlight) throw new Error("ConnReader.prefetch() while a read is in flight");
     // An idle connection holds only its small buffer (a borrowed large one goes back).
     this.#returnLarge();
     this.#want = 0;
+    this.#inFlight = true;
     this.#pending = this.#conn.read(this.#buf!);
     return this.#pending;
   }
@@ -210,7 +224,7 @@ export class ConnReader {
 
   /** Releases the buffer while idle (a small one is allocated on the next read). */
   release(): void {
-    if (this.#end === this.#start && this.#pending === null) {
+    if (this.#end === this.#start && this.#pending === null && !this.#inFlight) {
       if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
       this.#buf = this.#small = null;
       this.#want = 0;
@@ -227,7 +241,19 @@ export class ConnReader {
   async readHead(parser: HeadParser): Promise<boolean> {
     while (true) {
       // (next() inlined: one async frame less per head)
-      const chunk = this.#end > this.#start ? this.#buffered() : this.eof ? null : this.#accept(await this.#read());
+      let chunk: Uint8Array | null;
+      if (this.#end > this.#start) chunk = this.#buffered();
+      else if (this.eof) chunk = null;
+      else {
+        let n: number | null;
+        try {
+          n = await this.#read();
+        } catch (error) {
+          this.#inFlight = false;
+          throw error;
+        }
+        chunk = this.#accept(n);
+      }
       if (chunk === null) {
         if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
         return false;

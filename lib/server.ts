@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { deadlineIn, tick, tickedEvery } from "./clock.ts";
+import { deadlineIn, tick } from "./clock.ts";
 import { PrematureEofError, ProxyError } from "./errors.ts";
 import { type ClientSide, describe, type ExchangeContext, handleRequest } from "./forward.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
@@ -95,6 +95,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   });
   const sessions = new Set<Session>();
   const abort = new AbortController();
+  // Head, idle, response and body timeouts: one sweeper for all sessions, no timer per
+  // request. It ticks the coarse clock (clock.ts) that timestamps use.
+  const sweepMs = Math.max(
+    25,
+    Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4),
+  );
   const ctx: ExchangeContext & { stopping: boolean } = {
     options: opts,
     limits,
@@ -105,6 +111,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     logger,
     stopping: false,
     abortSignal: abort.signal,
+    tickMs: sweepMs,
   };
 
   const perClient = new Map<string, number>();
@@ -180,15 +187,9 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     writeThenClose(conn, bytes);
   }
 
-  // Head, idle and body timeouts: one sweeper for all sessions, no timer per request.
-  const sweepMs = Math.max(
-    25,
-    Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4),
-  );
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
   const bodyIdleMs = opts.bodyTimeoutMs + sweepMs;
-  tickedEvery(sweepMs);
   tick();
   const sweeper = setInterval(
     () => {
@@ -276,7 +277,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     // until its first byte. The sweeper enforces the deadline (no timer per request).
     s.waitingHead = true;
     s.headStarted = false;
-    s.deadline = deadlineIn(first ? opts.headerTimeoutMs : opts.idleTimeoutMs);
+    s.deadline = deadlineIn(first ? opts.headerTimeoutMs : opts.idleTimeoutMs, sweepMs);
     try {
       while (true) {
         let chunk: Uint8Array | null;
@@ -293,7 +294,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         }
         if (!s.headStarted) {
           s.headStarted = true;
-          if (!first) s.deadline = deadlineIn(opts.headerTimeoutMs);
+          if (!first) s.deadline = deadlineIn(opts.headerTimeoutMs, sweepMs);
         }
         const used = parser.push(chunk);
         if (parser.complete) {

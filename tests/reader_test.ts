@@ -104,3 +104,24 @@ Deno.test("ConnReader.dispose: buffers are reused by the next reader unless a re
   await third.next();
   assert.notEqual(buffers[2], buffers[1], "a buffer with a read in flight was handed to another reader");
 });
+
+Deno.test("ConnReader.dispose keeps buffers while a next() read is in flight", async () => {
+  const buffers: ArrayBufferLike[] = [];
+  const finishers: Array<(n: number | null) => void> = [];
+  const slow = {
+    read(p: Uint8Array): Promise<number | null> {
+      buffers.push(p.buffer);
+      return new Promise((resolve) => finishers.push(resolve));
+    },
+  };
+  const reader = new ConnReader(slow, 65536, 3100);
+  const reading = reader.next();
+  reader.dispose(); // the read still holds the buffer
+  assert.throws(() => reader.prefetch(), /in flight/);
+  const other = new ConnReader(slow, 65536, 3100);
+  const otherReading = other.next();
+  assert.notEqual(buffers[1], buffers[0], "a buffer with a read in flight was handed to another reader");
+  for (const finish of finishers) finish(null);
+  assert.equal(await reading, null);
+  assert.equal(await otherReading, null);
+});
