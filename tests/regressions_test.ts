@@ -10,6 +10,7 @@ import {
   DeadlineError,
   deferred,
   echoTarget,
+  fieldValue,
   fieldValues,
   get,
   hasField,
@@ -543,4 +544,22 @@ Deno.test("a client reset while the origin works closes the origin connection at
   const ms = await seen.promise;
   assert.ok(ms < 3000, `origin connection closed ${ms.toFixed(0)} ms after the request`);
   assert.ok(await pollUntil(() => proxy.handle.connections === 0, 3000), "the session of the reset client remains");
+});
+
+// Guards the ASCII fast paths (native UTF-8 decode and encodeInto): obs-text bytes
+// (0x80-0xFF, RFC 9110 §5.5) in field values pass through byte for byte both ways.
+Deno.test("obs-text in field values is relayed byte for byte in both directions", async () => {
+  const requestValue = "caf\xe9 \xff\x80 na\xefve \xa0end";
+  const responseValue = "r\xe9sum\xe9 \xc3\xa9 \xef\xbb\xbf \xfe";
+  let seen = "";
+  await using origin = startOrigin(serve((req) => {
+    seen = fieldValue(req.fields, "x-latin");
+    return ok("fine", [`X-Latin: ${responseValue}`, "X-Padding: " + "p".repeat(64)]);
+  }));
+  await using proxy = startTestProxy();
+  const res = await proxy.roundTrip(get(origin.url("/obs"), [`X-Latin: ${requestValue}`]));
+  assert.equal(res.status, 200);
+  assert.equal(seen, requestValue);
+  assert.equal(fieldValue(res.fields, "x-latin"), responseValue);
+  assert.equal(text(res.body), "fine");
 });
