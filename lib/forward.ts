@@ -271,8 +271,7 @@ async function exchange(
 ): Promise<boolean | typeof RETRY> {
   const { req, persistent, requestHead, framing, body, upgrade, canRetry } = plan;
   try {
-    const n = await up.conn.write(requestHead);
-    if (n < requestHead.length) await writeAll(up.conn, requestHead.subarray(n));
+    await writeAll(up.conn, requestHead);
   } catch (error) {
     closeQuietly(up.conn);
     if (canRetry) return RETRY;
@@ -654,8 +653,7 @@ function viaField(ctx: ExchangeContext, minor: number): Field {
 /** Writes to the client; if the client is gone, the origin side is dropped too, then the error rises. */
 async function writeOrDrop(conn: Deno.Conn, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
   try {
-    const n = await conn.write(bytes);
-    if (n < bytes.length) await writeAll(conn, bytes.subarray(n));
+    await writeAll(conn, bytes);
   } catch (error) {
     closeQuietly(upstream);
     throw error;

@@ -123,7 +123,7 @@ export class ConnReader {
     }
     // Nothing is buffered and the last chunk is consumed: the buffer may change now.
     if (this.#want > 0) {
-      if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+      this.#giveBorrowed();
       this.#buf = takeLarge(this.#want);
     } else if (this.#want < 0) this.#returnLarge();
     this.#want = 0;
@@ -134,8 +134,13 @@ export class ConnReader {
 
   /** Gives a borrowed large buffer back and goes back to the small one. */
   #returnLarge(): void {
-    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+    this.#giveBorrowed();
     this.#buf = this.#smallBuffer();
+  }
+
+  /** Gives the current buffer back to the spare list if it is a borrowed one. */
+  #giveBorrowed(): void {
+    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
   }
 
   #smallBuffer(): Uint8Array {
@@ -150,7 +155,7 @@ export class ConnReader {
    */
   dispose(): void {
     if (this.#pending !== null || this.#inFlight) return;
-    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+    this.#giveBorrowed();
     if (this.#small !== null) {
       let list = spareSmall.get(this.#small.length);
       if (list === undefined) spareSmall.set(this.#small.length, list = []);
@@ -224,16 +229,6 @@ export class ConnReader {
   /** A view of the buffered, unconsumed bytes (valid until the next read). */
   peek(): Uint8Array {
     return this.#buf === null ? EMPTY : this.#buf.subarray(this.#start, this.#end);
-  }
-
-  /** Releases the buffer while idle (a small one is allocated on the next read). */
-  release(): void {
-    if (this.#end === this.#start && this.#pending === null && !this.#inFlight) {
-      if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
-      this.#buf = this.#small = null;
-      this.#want = 0;
-      this.#start = this.#end = 0;
-    }
   }
 
   /**

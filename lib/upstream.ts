@@ -146,12 +146,6 @@ export class UpstreamPool {
     return { conn, reader: new ConnReader(conn, this.#options.bufferBytes), key: `${hostname}:${port}`, reused: false };
   }
 
-  /** Takes an idle connection to `hostname:port`, or opens a new one (always new when `fresh`). */
-  acquire(hostname: string, port: number, fresh = false): Promise<UpstreamConn> {
-    const idle = fresh ? null : this.take(`${hostname}:${port}`);
-    return idle !== null ? Promise.resolve(idle) : this.open(hostname, port);
-  }
-
   /** Returns a connection whose last exchange completed cleanly. */
   release(up: UpstreamConn): void {
     const o = this.#options;

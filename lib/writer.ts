@@ -13,12 +13,18 @@ export interface Writable {
 }
 
 /** Writes all of `data`. */
-export async function writeAll(conn: Writable, data: Uint8Array): Promise<void> {
-  if (data.length === 0) return;
-  // The first write passes `data` itself: no view is made unless the write was partial.
-  let offset = await conn.write(data);
+export function writeAll(conn: Writable, data: Uint8Array): Promise<void> {
+  if (data.length === 0) return DONE;
+  // The usual write takes everything at once: no async frame of our own and no view
+  // unless the write was partial (then the rest follows in a loop).
+  return conn.write(data).then((n) => n < data.length ? writeRest(conn, data, n) : undefined);
+}
+
+async function writeRest(conn: Writable, data: Uint8Array, offset: number): Promise<void> {
   while (offset < data.length) offset += await conn.write(data.subarray(offset));
 }
+
+const DONE: Promise<void> = Promise.resolve();
 
 /** Writes data as-is (identity framing: Content-Length or close-delimited). */
 export class RawBodyWriter {
