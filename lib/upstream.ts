@@ -44,6 +44,8 @@ interface Idle {
   since: number;
   /** Removes and closes the connection if it is still idle (its idle read settled). */
   drop: () => void;
+  /** True while in the idle list (a settled idle read then finds it without a search). */
+  pooled: boolean;
 }
 
 /**
@@ -112,7 +114,11 @@ export class UpstreamPool {
       }
       // Lists are in release order: the oldest are at the front.
       let expired = 0;
-      while (expired < list.length && list[expired].since <= cutoff) closeQuietly(list[expired++].up.conn);
+      while (expired < list.length && list[expired].since <= cutoff) {
+        const idle = list[expired++];
+        idle.pooled = false;
+        closeQuietly(idle.up.conn);
+      }
       if (expired === 0) continue;
       list.splice(0, expired);
       this.#idleCount -= expired;
@@ -135,6 +141,7 @@ export class UpstreamPool {
     const list = this.#idle.get(key);
     const idle = list?.pop();
     if (idle === undefined) return null;
+    idle.pooled = false;
     this.#idleCount--; // (an emptied list stays for the next release; the sweeper removes it)
     idle.up.reused = true;
     return idle.up;
@@ -158,6 +165,7 @@ export class UpstreamPool {
     if (list.length >= o.maxIdlePerOrigin || this.#idleCount >= o.maxIdle) {
       const oldest = list.length > 0 ? list.shift()! : null;
       if (oldest !== null) {
+        oldest.pooled = false;
         this.#idleCount--;
         closeQuietly(oldest.up.conn);
       } else {
@@ -167,10 +175,11 @@ export class UpstreamPool {
     }
     let entry = up.idle;
     if (entry === undefined) {
-      const made: Idle = { up, since: 0, drop: () => this.#remove(made) };
+      const made: Idle = { up, since: 0, drop: () => this.#remove(made), pooled: false };
       entry = up.idle = made;
     }
     entry.since = coarseNow();
+    entry.pooled = true;
     list.push(entry);
     this.#idleCount++;
     // RFC 9112 §9.3: responses pair with requests by order. Bytes or EOF arriving while
@@ -184,10 +193,12 @@ export class UpstreamPool {
 
   /** Removes and closes an idle entry if it is still in the pool. */
   #remove(entry: Idle): void {
+    // Taken by a request (its response read continues), expired or closed: nothing to do.
+    if (!entry.pooled) return;
+    entry.pooled = false;
     const list = this.#idle.get(entry.up.key);
     const at = list === undefined ? -1 : list.indexOf(entry);
-    if (at === -1) return; // already taken by a request (its response read continues) or closed
-    list!.splice(at, 1);
+    if (at !== -1) list!.splice(at, 1);
     this.#idleCount--;
     closeQuietly(entry.up.conn);
   }
@@ -196,7 +207,10 @@ export class UpstreamPool {
   close(): void {
     this.#closed = true;
     for (const list of this.#idle.values()) {
-      for (const idle of list) closeQuietly(idle.up.conn);
+      for (const idle of list) {
+        idle.pooled = false;
+        closeQuietly(idle.up.conn);
+      }
     }
     this.#idle.clear();
     this.#idleCount = 0;
