@@ -179,8 +179,10 @@ export function stripHopByHop(
  * received-by), which means the message is looping through this proxy.
  */
 export function viaContains(fields: readonly Field[], pseudonym: string): boolean {
+  const values = getAll(fields, "via");
+  if (values.length === 0) return false;
   const want = pseudonym.toLowerCase();
-  for (const entry of splitList(getAll(fields, "via"))) {
+  for (const entry of splitList(values)) {
     // entry = received-protocol RWS received-by [ RWS comment ]
     const parts = entry.split(/[ \t]+/);
     if (parts.length >= 2 && parts[1].toLowerCase() === want) return true;

@@ -32,13 +32,16 @@ const IPV6 = /^[0-9A-Fa-f:.]+$/;
  * @throws {ParseError} `unsupported-scheme`, `userinfo-in-target` or `invalid-target`.
  */
 export function parseAbsoluteTarget(target: string, method: string): AbsoluteTarget {
-  const scheme = SCHEME_END.exec(target);
-  if (scheme === null) throw new ParseError("Cannot parse request target", "invalid-target");
-  if (scheme[0].toLowerCase() !== "http:") {
-    throw new ParseError(
-      "Unsupported URI scheme: this proxy forwards http:// (use CONNECT for https)",
-      "unsupported-scheme",
-    );
+  // The usual lower-case "http:" needs no regular expression.
+  if (!target.startsWith("http:")) {
+    const scheme = SCHEME_END.exec(target);
+    if (scheme === null) throw new ParseError("Cannot parse request target", "invalid-target");
+    if (scheme[0].toLowerCase() !== "http:") {
+      throw new ParseError(
+        "Unsupported URI scheme: this proxy forwards http:// (use CONNECT for https)",
+        "unsupported-scheme",
+      );
+    }
   }
   if (!target.startsWith("//", 5)) {
     throw new ParseError("Cannot parse request target: missing authority", "invalid-target");
