@@ -25,7 +25,8 @@ import type { Logger } from "./log.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { type BodyReader, bodyReader, ConnReader, takeBufferedChunked } from "./reader.ts";
 import { localResponse } from "./respond.ts";
-import { giveScratch, httpDate, serializeHead, takeScratch } from "./serialize.ts";
+import { httpDate, SCRATCH_BYTES, serializeHead } from "./serialize.ts";
+import { giveBuffer, takeBuffer } from "./buffers.ts";
 import { isValidHost, parseAbsoluteTarget, parseAuthority } from "./target.ts";
 import { relay, type TunnelStats } from "./tunnel.ts";
 import { closeQuietly, closeWriteQuietly } from "./conn.ts";
@@ -200,7 +201,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   // Without a chunked body to the origin there is no trailer section to announce.
   if (framing.kind !== "chunked") dropField(out, "trailer");
   // The head is built in a recycled buffer, kept until no retry can need it again.
-  const scratch = takeScratch();
+  const scratch = takeBuffer(SCRATCH_BYTES);
   const requestHead = serializeHead(`${head.method} ${dest.path} HTTP/1.1`, out, inline, scratch);
   const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing, ctx.chunkedLimits);
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
@@ -238,7 +239,7 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
       }
     }
   } finally {
-    giveScratch(scratch); // every write of requestHead has settled by now
+    giveBuffer(scratch); // every write of requestHead has settled by now
   }
 }
 
@@ -459,7 +460,7 @@ async function exchange(
     inline = up.reader.take(Math.min(resFraming.length, up.reader.buffered))!;
     rest = { kind: "length", length: resFraming.length - inline.length };
   }
-  const scratch = takeScratch();
+  const scratch = takeBuffer(SCRATCH_BYTES);
   try {
     await writeOrDrop(
       client.conn,
@@ -467,7 +468,7 @@ async function exchange(
       up.conn,
     );
   } finally {
-    giveScratch(scratch);
+    giveBuffer(scratch);
   }
   client.finalHeadSent = true;
 

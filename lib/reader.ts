@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { giveBuffer, takeBuffer } from "./buffers.ts";
 import { ChunkedDecoder, type ChunkedLimits } from "./chunked.ts";
 import { PrematureEofError } from "./errors.ts";
 import type { Framing } from "./framing.ts";
@@ -15,16 +16,6 @@ export interface Readable {
   read(p: Uint8Array): Promise<number | null>;
 }
 
-/** Large read buffers not in use, shared by every reader in this isolate. */
-const spareLarge = new Map<number, Uint8Array[]>();
-/**
- * Spare large buffers kept per size: 2 MiB worth (32 of 64 KiB, 8 of 256 KiB). 64 KiB
- * responses on 50 connections borrow up to about 40 at once; fewer than 32 made them
- * allocate again on most responses.
- */
-const MAX_SPARE_BYTES = 2 * 1024 * 1024;
-/** How many spare small buffers of one size are kept (connection churn reuses them). */
-const MAX_SPARE_SMALL = 256;
 /**
  * The first step up from the small buffer. A body that fills it too (a real bulk
  * transfer) moves on to the reader's largest size: large reads halve the reads
@@ -32,26 +23,13 @@ const MAX_SPARE_SMALL = 256;
  */
 const MID_BYTES = 65536;
 
-/** Small buffers of closed connections, for the next connections. */
-const spareSmall = new Map<number, Uint8Array[]>();
-
-function takeLarge(size: number): Uint8Array {
-  return spareLarge.get(size)?.pop() ?? new Uint8Array(size);
-}
-
-function giveLarge(buffer: Uint8Array): void {
-  let list = spareLarge.get(buffer.length);
-  if (list === undefined) spareLarge.set(buffer.length, list = []);
-  if (list.length < Math.max(4, MAX_SPARE_BYTES / buffer.length)) list.push(buffer);
-}
-
 /**
  * Pull reader over a connection. A chunk returned by {@link next} is a view
  * into the current buffer and stays valid until the next call; {@link unread}
  * gives back the tail of the last chunk so the next call returns it again.
  *
  * Memory follows activity: a reader owns a small buffer (`minBytes`, made on
- * its first read), borrows a larger one from a shared spare list when a read
+ * its first read), borrows a larger one from the shared spare lists (buffers.ts) when a read
  * fills the small one (64 KiB, then `maxBytes` if that fills too: a bulk
  * transfer), and gives it back when reads come in small again or the
  * connection goes idle ({@link prefetch}).
@@ -124,7 +102,7 @@ export class ConnReader {
     // Nothing is buffered and the last chunk is consumed: the buffer may change now.
     if (this.#want > 0) {
       this.#giveBorrowed();
-      this.#buf = takeLarge(this.#want);
+      this.#buf = takeBuffer(this.#want);
     } else if (this.#want < 0) this.#returnLarge();
     this.#want = 0;
     this.#buf ??= this.#smallBuffer();
@@ -140,11 +118,11 @@ export class ConnReader {
 
   /** Gives the current buffer back to the spare list if it is a borrowed one. */
   #giveBorrowed(): void {
-    if (this.#buf !== null && this.#buf !== this.#small) giveLarge(this.#buf);
+    if (this.#buf !== null && this.#buf !== this.#small) giveBuffer(this.#buf);
   }
 
   #smallBuffer(): Uint8Array {
-    return this.#small ??= spareSmall.get(this.#min)?.pop() ?? new Uint8Array(this.#min);
+    return this.#small ??= takeBuffer(this.#min);
   }
 
   /**
@@ -156,11 +134,7 @@ export class ConnReader {
   dispose(): void {
     if (this.#pending !== null || this.#inFlight) return;
     this.#giveBorrowed();
-    if (this.#small !== null) {
-      let list = spareSmall.get(this.#small.length);
-      if (list === undefined) spareSmall.set(this.#small.length, list = []);
-      if (list.length < MAX_SPARE_SMALL) list.push(this.#small);
-    }
+    if (this.#small !== null) giveBuffer(this.#small);
     this.#buf = this.#small = this.#last = null;
     this.#start = this.#end = 0;
     this.#want = 0;

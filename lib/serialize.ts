@@ -29,34 +29,18 @@ export function serializeHead(
   const out = into !== undefined && into.length >= total ? into : new Uint8Array(total);
   const done = encoder.encodeInto(text, out);
   // UTF-8 equals latin-1 only for ASCII: any other char makes read or written differ.
-  if (done.read !== size || done.written !== size) put(out, 0, text);
+  if (done.read !== size || done.written !== size) putLatin1(out, text);
   if (body) out.set(body, size);
   return out.length === total ? out : out.subarray(0, total);
 }
 
-function put(out: Uint8Array, at: number, text: string): number {
-  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
-  return at + text.length;
+/** Writes `text` as latin-1, one byte per char, from the start of `out`. */
+function putLatin1(out: Uint8Array, text: string): void {
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
 }
 
-/** Size of the scratch buffers lent by {@link takeScratch}. */
+/** Size of the scratch buffers heads are built in (buffers.ts; larger heads get their own). */
 export const SCRATCH_BYTES = 8192;
-const scratchFree: Uint8Array[] = [];
-
-/**
- * Lends a scratch buffer for serializing a head. Allocating a typed array costs
- * far more than filling one (backing store, GC accounting), so heads are built
- * in recycled buffers. A buffer handed to `conn.write()` must not be returned
- * with {@link giveScratch} before that write has settled.
- */
-export function takeScratch(): Uint8Array {
-  return scratchFree.pop() ?? new Uint8Array(SCRATCH_BYTES);
-}
-
-/** Returns a buffer lent by {@link takeScratch} (a bounded number is kept). */
-export function giveScratch(buffer: Uint8Array): void {
-  if (scratchFree.length < 64) scratchFree.push(buffer);
-}
 
 /** Reason phrases for the statuses the proxy itself generates. */
 export const REASON: Readonly<Record<number, string>> = Object.freeze({
