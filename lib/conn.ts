@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { type Writable, writeAll } from "./writer.ts";
 
 /** Closes a connection that may already be closed. */
 export function closeQuietly(conn: Deno.Conn): void {
@@ -32,4 +33,25 @@ export function writeThenClose(conn: Deno.Conn, bytes: Uint8Array): void {
   conn.write(bytes).catch(() => {
     // The peer left already; closing is all that is left to do.
   }).finally(() => closeQuietly(conn));
+}
+
+/** Writes to the client; if the client is gone, the origin side is dropped too, then the error rises. */
+export async function writeOrDrop(out: Writable, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
+  try {
+    await writeAll(out, bytes);
+  } catch (error) {
+    closeQuietly(upstream);
+    throw error;
+  }
+}
+
+/** Waits for `promise` or `ms`, whichever is first (the timer is always cleared). */
+export async function settleWithin(promise: Promise<unknown> | null, ms: number): Promise<void> {
+  if (promise === null) return;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([promise, new Promise((resolve) => timer = setTimeout(resolve, ms))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -115,3 +115,10 @@ export class PrematureEofError extends ProxyError {
     super(message, { status: 400, code: "premature-eof" });
   }
 }
+
+/** A short description of an error for logs and records: a proxy error's code, else the error's name. */
+export function describe(error: unknown): string {
+  if (error instanceof ProxyError) return error.code;
+  if (error instanceof Error) return error.name;
+  return String(error);
+}

@@ -189,3 +189,30 @@ export function viaContains(fields: readonly Field[], pseudonym: string): boolea
   }
   return false;
 }
+
+/** Removes every field called `name` (lower-case) in place. */
+export function dropField(fields: Field[], name: string): void {
+  for (let i = fields.length - 1; i >= 0; i--) if (nameIs(fields[i][0], name)) fields.splice(i, 1);
+}
+
+/**
+ * Trailer fields worth forwarding: drop hop-by-hop and framing fields, and those
+ * named by the message's `Connection` (RFC 9110 §7.6.1 applies to trailers too).
+ */
+export function endToEndTrailers(trailers: readonly Field[], connection: ReadonlySet<string>): Field[] {
+  if (trailers.length === 0) return [];
+  const out = stripHopByHop(trailers, connection);
+  dropField(out, "host");
+  dropField(out, "trailer");
+  return out;
+}
+
+let viaCache: { pseudonym: string; fields: readonly Field[] } | null = null;
+
+/** The `Via` field this proxy adds for a message received as HTTP/1.`minor` (RFC 9110 §7.6.3). */
+export function viaField(pseudonym: string, minor: number): Field {
+  if (viaCache === null || viaCache.pseudonym !== pseudonym) {
+    viaCache = { pseudonym, fields: [["Via", `1.0 ${pseudonym}`], ["Via", `1.1 ${pseudonym}`]] };
+  }
+  return viaCache.fields[minor] as Field;
+}

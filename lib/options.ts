@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { ProxyHooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import type { TunnelStats } from "./tunnel.ts";
 
@@ -53,17 +54,27 @@ export interface ProxyOptions {
   signal?: AbortSignal;
   /** Called when a CONNECT tunnel or upgraded connection ends, with its byte counts and ending. */
   onTunnelEnd?: (stats: TunnelStats) => void;
+  /**
+   * Hooks into every exchange (see {@link ProxyHooks}): one object or an array,
+   * composed in order; the first hook that answers wins [none].
+   */
+  hooks?: ProxyHooks | readonly ProxyHooks[];
+  /** An asynchronous hook that has not settled after this many ms fails the exchange with 500; 0 = no limit [30000]. */
+  hookTimeoutMs?: number;
 }
 
+type Unresolved = "signal" | "logger" | "onTunnelEnd" | "hooks";
+
 /** Options with every default filled in. */
-export type ResolvedOptions = Required<Omit<ProxyOptions, "signal" | "logger" | "onTunnelEnd">> & {
+export type ResolvedOptions = Required<Omit<ProxyOptions, Unresolved>> & {
   signal?: AbortSignal;
   logger?: Logger;
   onTunnelEnd?: (stats: TunnelStats) => void;
+  hooks?: ProxyHooks | readonly ProxyHooks[];
 };
 
 /** The defaults, as documented on {@link ProxyOptions}. */
-export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onTunnelEnd">> = Object.freeze({
+export const DEFAULTS: Readonly<Omit<ResolvedOptions, Unresolved>> = Object.freeze({
   hostname: "127.0.0.1",
   port: 3128,
   via: "waypost",
@@ -82,6 +93,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
   maxIdlePerOrigin: 256,
   upstreamIdleTimeoutMs: 30_000,
   reusePort: false,
+  hookTimeoutMs: 30_000,
 });
 
 /** Fills in defaults and validates values. */

@@ -52,6 +52,8 @@ export class ConnReader {
   #want = 0;
   /** True once the peer has closed its sending side (or reset). */
   eof = false;
+  /** Bytes handed out so far and not given back (wire bytes consumed, for exchange records). */
+  consumed = 0;
 
   /** Wraps a connection (buffers of `minBytes` and, for bulk reads, `maxBytes`). */
   constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(4096, maxBytes)) {
@@ -87,6 +89,7 @@ export class ConnReader {
   /** The unconsumed buffered bytes, consumed (a view valid until the next read). */
   #buffered(): Uint8Array {
     const chunk = this.#buf!.subarray(this.#start, this.#end);
+    this.consumed += this.#end - this.#start;
     this.#start = this.#end;
     this.#last = chunk;
     return chunk;
@@ -150,6 +153,7 @@ export class ConnReader {
       return null;
     }
     this.#start = this.#end = n;
+    this.consumed += n;
     const chunk = buf.subarray(0, n);
     this.#last = chunk;
     // A full small buffer means a bulk transfer: the next read borrows a large buffer.
@@ -184,6 +188,7 @@ export class ConnReader {
     if (count <= 0) return;
     if (this.#last === null || count > this.#last.length) throw new RangeError("Cannot unread more than was read");
     this.#start -= count;
+    this.consumed -= count;
     this.#last = null;
   }
 
@@ -196,6 +201,7 @@ export class ConnReader {
     if (this.#end - this.#start < count) return null;
     const view = this.#buf!.subarray(this.#start, this.#start + count);
     this.#start += count;
+    this.consumed += count;
     this.#last = null;
     return view;
   }
@@ -399,6 +405,9 @@ export function takeBufferedChunked(
   reader.take(used);
   return { data: out.subarray(0, length), trailers: dec.trailers };
 }
+
+/** A body reader for a message without a body (shared: it holds no state). */
+export const EMPTY_BODY: BodyReader = Object.freeze(new EmptyBody());
 
 /** The body reader for a framing, reading from `reader`. */
 export function bodyReader(reader: ConnReader, framing: Framing, limits?: ChunkedLimits): BodyReader {

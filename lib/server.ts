@@ -5,10 +5,16 @@
  *
  * @module
  */
-import { deadlineIn, tick } from "./clock.ts";
-import { PrematureEofError, ProxyError } from "./errors.ts";
-import { type ClientSide, describe, type ExchangeContext, handleRequest } from "./forward.ts";
+import { coarseNow, deadlineIn, tick } from "./clock.ts";
+import { describe, PrematureEofError, ProxyError } from "./errors.ts";
+import { handleRequest } from "./forward.ts";
+import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
+import { writeAnswer } from "./answer.ts";
+import { normalizeReply } from "./hook_messages.ts";
+import { callHook, expireHook } from "./hook_runner.ts";
+import { composeHooks, HookError, isThenable } from "./hooks.ts";
+import { buildRecord, newDraft, resetDraft } from "./record.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { ConnReader } from "./reader.ts";
@@ -16,7 +22,7 @@ import { errorResponse, localResponse } from "./respond.ts";
 import { DEFAULT_CHUNKED_LIMITS } from "./chunked.ts";
 import { closeQuietly, writeThenClose } from "./conn.ts";
 import { UpstreamPool } from "./upstream.ts";
-import { writeAll } from "./writer.ts";
+import { type Writable, writeAll } from "./writer.ts";
 
 /** A running proxy. */
 export interface ProxyHandle {
@@ -47,7 +53,15 @@ interface Session extends ClientSide {
   deadline: number;
   /** Set when the sweeper expired the head wait. */
   timedOut: boolean;
+  /** The 408 being written after a head timeout (onError may be asynchronous). */
+  timeoutAnswer: Promise<void> | null;
   done: Promise<void>;
+  /** Numbers client connections for hooks and records. */
+  readonly id: number;
+  /** The client's address (made only when hooks are set). */
+  client: { hostname: string; port: number } | null;
+  /** Aborted when the connection ends or the proxy stops (made only when hooks are set). */
+  hookAbort: AbortController | null;
 }
 
 const TIMEOUT = Symbol("timeout");
@@ -95,11 +109,23 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   });
   const sessions = new Set<Session>();
   const abort = new AbortController();
+  const hooks = composeHooks(opts.hooks);
+  const onExchangeEnd = hooks?.onExchangeEnd ?? null;
+  let nextId = 1;
   // Head, idle, response and body timeouts: one sweeper for all sessions, no timer per
   // request. It ticks the coarse clock (clock.ts) that timestamps use.
   const sweepMs = Math.max(
     25,
-    Math.min(1000, Math.min(opts.bodyTimeoutMs, opts.headerTimeoutMs, opts.idleTimeoutMs, opts.responseTimeoutMs) / 4),
+    Math.min(
+      1000,
+      Math.min(
+        opts.bodyTimeoutMs,
+        opts.headerTimeoutMs,
+        opts.idleTimeoutMs,
+        opts.responseTimeoutMs,
+        hooks !== null && opts.hookTimeoutMs > 0 ? opts.hookTimeoutMs : Infinity,
+      ) / 4,
+    ),
   );
   const ctx: ExchangeContext & { stopping: boolean } = {
     options: opts,
@@ -109,9 +135,11 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     responseChunkedLimits: { maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes, trailer: responseLimits },
     pool,
     logger,
+    hooks,
     stopping: false,
     abortSignal: abort.signal,
     tickMs: sweepMs,
+    hookTimeoutMs: opts.hookTimeoutMs,
   };
 
   const perClient = new Map<string, number>();
@@ -169,6 +197,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       closeQuietly(s.conn);
       s.reader.dispose(); // its buffers go back for the next connection
       if (s.pinned !== null) closeQuietly(s.pinned.conn);
+      s.hookAbort?.abort();
       sessions.delete(s);
       const left = (perClient.get(address) ?? 1) - 1;
       if (left > 0) perClient.set(address, left);
@@ -195,6 +224,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     () => {
       const now = tick();
       for (const s of sessions) {
+        if (s.hookDeadline !== 0) expireHook(s, now);
         if (s.waitingHead && now > s.deadline) expireHead(s);
         else if (s.responseDeadline > 0 && now > s.responseDeadline) {
           logger.log("info", "response-timeout", { client: peer(s.conn) });
@@ -217,6 +247,17 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     const session = {
       conn,
       reader: new ConnReader(conn, 256 * 1024),
+      out: conn as Writable,
+      written: 0,
+      draft: newDraft(onExchangeEnd !== null),
+      hook: null,
+      hookDeadline: 0,
+      hookName: null,
+      hookExpire: null,
+      id: nextId++,
+      client: null,
+      hookAbort: null,
+      timeoutAnswer: null,
       finalHeadSent: false,
       upstream: null,
       pinned: null,
@@ -234,6 +275,22 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       resetWatch: undefined,
       done: Promise.resolve(),
     } as Session;
+    if (hooks !== null) {
+      const a = conn.remoteAddr as Deno.NetAddr;
+      session.client = Object.freeze({ hostname: a.hostname, port: a.port });
+      session.hookAbort = new AbortController();
+    }
+    // Bytes to the client are counted only when a record is made (one promise less per write otherwise).
+    if (onExchangeEnd !== null) {
+      (session as { out: Writable }).out = {
+        write(p: Uint8Array): Promise<number> {
+          return conn.write(p).then((n) => {
+            session.written += n;
+            return n;
+          });
+        },
+      };
+    }
     return session;
   }
 
@@ -244,15 +301,23 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       // response's head is not this one's), and HEAD-ness belongs to this request.
       s.finalHeadSent = false;
       s.method = "";
+      resetDraft(s.draft);
+      if (hooks !== null) s.hook = { ctx: hookContext(s), req: null };
+      const inStart = s.reader.consumed;
+      const outStart = s.written;
       let head: RequestHead | null;
       try {
         head = await readRequestHead(s, first);
       } catch (error) {
-        if (error === TIMEOUT) return;
-        await answerError(s, error);
+        if (error === TIMEOUT) {
+          if (s.timeoutAnswer === null) return;
+          await s.timeoutAnswer;
+        } else await answerError(s, error);
+        endExchange(s, null, inStart, outStart);
         return;
       }
       if (head === null) return;
+      if (s.draft.timed) s.draft.startedAt = performance.now();
       s.method = head.method;
       s.requests++;
       first = false;
@@ -267,7 +332,33 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         s.busy = false;
         s.inBody = false;
         s.responseDeadline = 0;
+        endExchange(s, head, inStart, outStart);
       }
+    }
+  }
+
+  function hookContext(s: Session) {
+    return { client: s.client!, connectionId: s.id, locals: {}, signal: s.hookAbort!.signal };
+  }
+
+  /** The record stage: one record per exchange or tunnel, to onExchangeEnd. */
+  function endExchange(s: Session, head: RequestHead | null, inStart: number, outStart: number): void {
+    s.hook = null;
+    if (onExchangeEnd === null) return;
+    const record = buildRecord(s.draft, {
+      method: head?.method ?? "",
+      target: head?.target ?? "",
+      client: s.client!,
+      connectionId: s.id,
+      inStart,
+      outStart,
+      inNow: s.reader.consumed,
+      outNow: s.written,
+    });
+    try {
+      onExchangeEnd(record);
+    } catch (error) {
+      logger.log("error", "hook-failed", { hook: "onExchangeEnd", error: String(error) });
     }
   }
 
@@ -318,29 +409,74 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       return;
     }
     logger.log("info", "header-timeout", { client: peer(s.conn) });
-    const bytes = errorResponse(
-      new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" }),
-    );
-    writeThenClose(s.conn, bytes);
+    const error = new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" });
+    if (hooks === null || hooks.onError === null) {
+      s.draft.status = 408;
+      s.draft.error = error.code;
+      writeThenClose(s.conn, errorResponse(error));
+      return;
+    }
+    // onError may answer (and may take its time): the session's pending read ends at the close.
+    s.timeoutAnswer = answerError(s, error).finally(() => closeQuietly(s.conn));
   }
 
   async function answerError(s: Session, error: unknown): Promise<void> {
     if (!(error instanceof ProxyError)) {
       // Socket errors (reset, broken pipe) end the session without a response.
-      if (isSocketError(error)) return;
+      if (isSocketError(error)) {
+        s.draft.error ??= "client-gone";
+        return;
+      }
       logger.log("error", "internal-error", { error: String(error) });
+    } else if (error instanceof HookError) {
+      logger.log("error", "hook-failed", { code: error.code, error: String(error.cause ?? error.message) });
     } else if (error.status >= 500) {
       logger.log("info", "upstream-error", { code: error.code });
     }
+    const failure = error instanceof ProxyError
+      ? error
+      : new ProxyError("Internal proxy error", { status: 500, code: "internal-error", cause: error });
+    s.draft.error = failure.code;
     // An incomplete request (the client half-closed mid-head or mid-body) still gets its
     // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
     if (s.finalHeadSent) return;
+    if (hooks !== null && hooks.onError !== null && s.hook !== null && await answerWithHook(s, failure)) return;
+    s.draft.status = failure.status;
     await tryWrite(s, errorResponse(error, true, s.method === "HEAD"));
+  }
+
+  /** Lets onError answer an error; resolves to whether it did (else the proxy's own answer goes out). */
+  async function answerWithHook(s: Session, error: ProxyError): Promise<boolean> {
+    const hook = s.hook!;
+    const onError = hooks!.onError!;
+    try {
+      const result = callHook(s, ctx, "onError", () => onError(error, hook.ctx, hook.req ?? undefined));
+      const reply = isThenable(result) ? await result : result;
+      if (reply === undefined || reply === null) return false;
+      const answer = normalizeReply(reply);
+      if (answer === null) throw new HookError("onError", "invalid");
+      await writeAnswer(s.out, answer, {
+        method: s.method,
+        minor: 1,
+        close: true,
+        hook: "onError",
+        touch: () => s.activity = coarseNow(),
+        headSent: (status) => {
+          s.finalHeadSent = true;
+          s.draft.status = status;
+        },
+      });
+      return true;
+    } catch (failure) {
+      // A failing onError must not cost the client its answer: the proxy's own goes out.
+      logger.log("error", "hook-failed", { code: describe(failure), error: String(failure) });
+      return s.finalHeadSent;
+    }
   }
 
   async function tryWrite(s: Session, bytes: Uint8Array): Promise<void> {
     try {
-      await writeAll(s.conn, bytes);
+      await writeAll(s.out, bytes);
     } catch {
       // The client is gone; there is no one left to tell.
     }
@@ -372,6 +508,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       if (sessions.size > 0) logger.log("warn", "grace-expired", { closing: sessions.size });
       abort.abort();
       for (const s of sessions) {
+        s.hookAbort?.abort();
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);
       }

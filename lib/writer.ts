@@ -109,3 +109,20 @@ function writeHex(out: Uint8Array, n: number, digits: number): number {
 
 /** A body writer of either kind. */
 export type BodyWriter = RawBodyWriter | ChunkedBodyWriter;
+
+/** A whole chunked body: one chunk (if any data), the last chunk and the trailers. */
+export function encodeChunked(data: Uint8Array, trailers: readonly Field[]): Uint8Array {
+  const size = data.length > 0 ? `${data.length.toString(16)}\r\n` : "";
+  const tail = serializeHead("0", trailers);
+  const out = new Uint8Array(size.length + data.length + (data.length > 0 ? 2 : 0) + tail.length);
+  let p = 0;
+  for (let i = 0; i < size.length; i++) out[p++] = size.charCodeAt(i);
+  out.set(data, p);
+  p += data.length;
+  if (data.length > 0) {
+    out[p++] = 13;
+    out[p++] = 10;
+  }
+  out.set(tail, p);
+  return out;
+}

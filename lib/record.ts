@@ -1,0 +1,112 @@
+/**
+ * The end-of-exchange record: the stages note what happened in a draft that
+ * each session reuses (no allocation per exchange), and the record stage turns
+ * it into an {@link ExchangeRecord} only when someone listens.
+ *
+ * @module
+ */
+import type { ClientAddress, ExchangeRecord } from "./hooks.ts";
+import type { TunnelStats } from "./tunnel.ts";
+
+/** What the stages of one exchange note for its record. */
+export interface RecordDraft {
+  kind: ExchangeRecord["kind"];
+  /** Status of the final response head written to the client (0: none). */
+  status: number;
+  /** The upstream connection used (its address is read when the record is made). */
+  upstream: Deno.Conn | null;
+  reused: boolean;
+  /** Whether timings are taken (only when an `onExchangeEnd` listens: `performance.now()` is a runtime call). */
+  timed: boolean;
+  /** `performance.now()` when the request head was complete. */
+  startedAt: number;
+  connectMs: number | null;
+  firstByteMs: number | null;
+  error: string | null;
+  /** For tunnels: the relay's stats. */
+  tunnel: TunnelStats | null;
+  /** For tunnels: the client reader's `consumed` and the client's `written` when the relay began. */
+  inAtTunnel: number;
+  outAtTunnel: number;
+}
+
+/** A fresh draft. */
+export function newDraft(timed: boolean): RecordDraft {
+  return {
+    kind: "http",
+    status: 0,
+    upstream: null,
+    reused: false,
+    timed,
+    startedAt: 0,
+    connectMs: null,
+    firstByteMs: null,
+    error: null,
+    tunnel: null,
+    inAtTunnel: 0,
+    outAtTunnel: 0,
+  };
+}
+
+/** Resets a draft for the next exchange on the same connection. */
+export function resetDraft(d: RecordDraft): void {
+  d.kind = "http";
+  d.status = 0;
+  d.upstream = null;
+  d.reused = false;
+  d.startedAt = d.timed ? performance.now() : 0;
+  d.connectMs = null;
+  d.firstByteMs = null;
+  d.error = null;
+  d.tunnel = null;
+  d.inAtTunnel = 0;
+  d.outAtTunnel = 0;
+}
+
+/** Milliseconds since the draft's start, rounded to 0.01 ms (null when untimed). */
+export function elapsedMs(d: RecordDraft): number | null {
+  return d.timed ? Math.round((performance.now() - d.startedAt) * 100) / 100 : null;
+}
+
+/** Facts about the exchange that only the session knows. */
+export interface RecordFacts {
+  method: string;
+  target: string;
+  client: ClientAddress;
+  connectionId: number;
+  /** The client reader's `consumed` and the client's `written` when the exchange began and now. */
+  inStart: number;
+  outStart: number;
+  inNow: number;
+  outNow: number;
+}
+
+/** Builds the record from a finished draft. */
+export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord {
+  let upstream: ExchangeRecord["upstream"] = null;
+  if (d.upstream !== null) {
+    try {
+      const a = d.upstream.remoteAddr as Deno.NetAddr;
+      upstream = { hostname: a.hostname, port: a.port };
+    } catch {
+      // The connection is closed and its address gone: the record says null.
+    }
+  }
+  const tunnel = d.tunnel;
+  return {
+    kind: d.kind,
+    method: facts.method,
+    target: facts.target,
+    status: d.status,
+    client: facts.client,
+    upstream,
+    reused: d.reused,
+    // A relay reads and writes past the counters: its own byte counts take over where it began.
+    bytesFromClient: tunnel === null ? facts.inNow - facts.inStart : d.inAtTunnel - facts.inStart + tunnel.bytesUp,
+    bytesToClient: tunnel === null ? facts.outNow - facts.outStart : d.outAtTunnel - facts.outStart + tunnel.bytesDown,
+    timings: { connect: d.connectMs, firstByte: d.firstByteMs, total: elapsedMs(d) ?? 0 },
+    error: d.error,
+    tunnelEnd: tunnel === null ? null : { end: tunnel.end, firstFin: tunnel.firstFin },
+    connectionId: facts.connectionId,
+  };
+}
