@@ -15,6 +15,24 @@ export { type ProxyHandle, startProxy } from "./lib/server.ts";
 export { DEFAULTS, parseDuration, type ProxyOptions, type ResolvedOptions } from "./lib/options.ts";
 export type { TunnelEnd, TunnelStats } from "./lib/tunnel.ts";
 export {
+  type Awaitable,
+  BodyTooLargeError,
+  type ClientAddress,
+  type ConnectDecision,
+  type ConnectRequest,
+  type Destination,
+  type ExchangeRecord,
+  type HookContext,
+  HookError,
+  type HookName,
+  type MessageBodyAccess,
+  type ProxyHooks,
+  type ProxyRequest,
+  type ProxyResponse,
+  type Reply,
+  type TunnelEndRecord,
+} from "./lib/hooks.ts";
+export {
   ForbiddenError,
   HeadTooLargeError,
   LoopDetectedError,

@@ -7,6 +7,7 @@
  *
  *   deno bench bench/exchange_bench.ts
  *   deno run --v8-flags=--trace-gc bench/exchange_bench.ts 200000   # allocation per request
+ *   deno run bench/exchange_bench.ts 200000 "headers touched"        # one hook variant
  */
 import { DEFAULT_CHUNKED_LIMITS } from "../lib/chunked.ts";
 import { type ClientSide, type ExchangeContext, handleRequest } from "../lib/forward.ts";
@@ -14,6 +15,8 @@ import { DEFAULT_HEAD_LIMITS, HeadParser } from "../lib/head.ts";
 import { silentLogger } from "../lib/log.ts";
 import { resolveOptions } from "../lib/options.ts";
 import { ConnReader } from "../lib/reader.ts";
+import { composeHooks, type ProxyHooks } from "../lib/hooks.ts";
+import { newDraft } from "../lib/record.ts";
 import { UpstreamPool } from "../lib/upstream.ts";
 
 const enc = new TextEncoder();
@@ -65,51 +68,86 @@ class FakeConn {
   }
 }
 
-const options = resolveOptions({ logger: silentLogger });
-const pool = new UpstreamPool({
-  connectTimeoutMs: 1000,
-  maxIdlePerOrigin: 16,
-  maxIdle: 16,
-  idleTimeoutMs: 60_000,
-  bufferBytes: 65536,
-});
-const ctx: ExchangeContext = {
-  options,
-  limits: DEFAULT_HEAD_LIMITS,
-  responseLimits: DEFAULT_HEAD_LIMITS,
-  chunkedLimits: DEFAULT_CHUNKED_LIMITS,
-  responseChunkedLimits: DEFAULT_CHUNKED_LIMITS,
-  pool,
-  logger: silentLogger,
-  stopping: false,
-  abortSignal: new AbortController().signal,
-  tickMs: 1000,
-};
-// The origin answers every request it is sent.
-const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));
-const originConn = origin as unknown as Deno.TcpConn;
-pool.release({ conn: originConn, reader: new ConnReader(originConn, 65536), key: "127.0.0.1:18100", reused: false });
-
-const clientConn = new FakeConn() as unknown as Deno.TcpConn;
-const client: ClientSide = {
-  conn: clientConn,
-  reader: new ConnReader(clientConn, 65536),
-  finalHeadSent: false,
-  upstream: null,
-  pinned: null,
-  inBody: false,
-  activity: 0,
-  responseDeadline: 0,
-  responseTimedOut: false,
+/** Hook variants measured (bench/README: the hooks issue's budget: no-op ≤ 5%, headers ≤ 10% slower). */
+export const VARIANTS: Record<string, ProxyHooks | null> = {
+  "no hooks": null,
+  "sync no-op onRequest + onResponse": { onRequest() {}, onResponse() {} },
+  "headers touched": {
+    onRequest(req) {
+      req.headers.set("X-Request-Hook", "1");
+    },
+    onResponse(res) {
+      res.headers.set("X-Response-Hook", "1");
+    },
+  },
+  "async no-op onRequest + onResponse": {
+    async onRequest() {},
+    async onResponse() {},
+  },
 };
 
-async function oneRequest(): Promise<void> {
-  (clientConn as unknown as FakeConn).feed(REQUEST);
-  const parser = new HeadParser("request", DEFAULT_HEAD_LIMITS);
-  if (!await client.reader.readHead(parser)) throw new Error("no head");
-  client.finalHeadSent = false;
-  if (!await handleRequest(ctx, client, parser.requestHead())) throw new Error("not kept alive");
+/** One proxy exchange path over in-memory connections, with the given hooks. */
+function rig(hooks: ProxyHooks | null): () => Promise<void> {
+  const options = resolveOptions({ logger: silentLogger });
+  const pool = new UpstreamPool({
+    connectTimeoutMs: 1000,
+    maxIdlePerOrigin: 16,
+    maxIdle: 16,
+    idleTimeoutMs: 60_000,
+    bufferBytes: 65536,
+  });
+  const ctx: ExchangeContext = {
+    options,
+    limits: DEFAULT_HEAD_LIMITS,
+    responseLimits: DEFAULT_HEAD_LIMITS,
+    chunkedLimits: DEFAULT_CHUNKED_LIMITS,
+    responseChunkedLimits: DEFAULT_CHUNKED_LIMITS,
+    pool,
+    logger: silentLogger,
+    hooks: composeHooks(hooks),
+    stopping: false,
+    abortSignal: new AbortController().signal,
+    tickMs: 1000,
+    hookTimeoutMs: 30_000,
+  };
+  // The origin answers every request it is sent.
+  const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));
+  const originConn = origin as unknown as Deno.TcpConn;
+  pool.release({ conn: originConn, reader: new ConnReader(originConn, 65536), key: "127.0.0.1:18100", reused: false });
+
+  const clientConn = new FakeConn() as unknown as Deno.TcpConn;
+  const client: ClientSide = {
+    conn: clientConn,
+    reader: new ConnReader(clientConn, 65536),
+    out: clientConn,
+    written: 0,
+    finalHeadSent: false,
+    upstream: null,
+    pinned: null,
+    inBody: false,
+    activity: 0,
+    responseDeadline: 0,
+    responseTimedOut: false,
+    draft: newDraft(false),
+    hook: null,
+    hookDeadline: 0,
+    hookName: null,
+    hookExpire: null,
+  };
+  const signal = new AbortController().signal;
+  const address = { hostname: "127.0.0.1", port: 1 };
+  return async () => {
+    (clientConn as unknown as FakeConn).feed(REQUEST);
+    const parser = new HeadParser("request", DEFAULT_HEAD_LIMITS);
+    if (!await client.reader.readHead(parser)) throw new Error("no head");
+    client.finalHeadSent = false;
+    // What the server does per exchange when hooks are set.
+    if (ctx.hooks !== null) client.hook = { ctx: { client: address, connectionId: 1, locals: {}, signal }, req: null };
+    if (!await handleRequest(ctx, client, parser.requestHead())) throw new Error("not kept alive");
+  };
 }
+
+const oneRequest = rig(null);
 
 // Baseline: the same reads and writes, no HTTP.
 const bufA = new Uint8Array(65536);
@@ -125,13 +163,16 @@ async function oneCopy(): Promise<void> {
 }
 
 if (import.meta.main && Deno.args.length > 0) {
-  // deno run bench/exchange_bench.ts N: N requests, then the time per request.
+  // deno run bench/exchange_bench.ts N [variant]: N requests, then the time per request.
   const n = Number(Deno.args[0]);
-  for (let i = 0; i < 10_000; i++) await oneRequest();
+  const name = Deno.args[1] ?? "no hooks";
+  if (!(name in VARIANTS)) throw new Error(`unknown variant; one of: ${Object.keys(VARIANTS).join(", ")}`);
+  const one = rig(VARIANTS[name]);
+  for (let i = 0; i < 10_000; i++) await one();
   const start = performance.now();
-  for (let i = 0; i < n; i++) await oneRequest();
+  for (let i = 0; i < n; i++) await one();
   const ms = performance.now() - start;
-  console.log(`${n} requests, ${(ms * 1000 / n).toFixed(2)} µs per request`);
+  console.log(`${name}: ${n} requests, ${(ms * 1000 / n).toFixed(2)} µs per request`);
 } else {
   Deno.bench({ name: "copy only (baseline)", group: "exchange", baseline: true }, async () => {
     await oneCopy();
@@ -139,4 +180,10 @@ if (import.meta.main && Deno.args.length > 0) {
   Deno.bench({ name: "waypost: keep-alive GET, 100-byte response", group: "exchange" }, async () => {
     await oneRequest();
   });
+  for (const [name, hooks] of Object.entries(VARIANTS)) {
+    const one = rig(hooks);
+    Deno.bench({ name: `hooks: ${name}`, group: "hooks", baseline: hooks === null }, async () => {
+      await one();
+    });
+  }
 }

@@ -57,7 +57,7 @@ function nameInSet(name: string, names: ReadonlySet<string>): boolean {
 }
 
 /** Whether `name` is a hop-by-hop field or `Content-Length` (by length first: most names match none). */
-function isHopByHopOrLength(name: string): boolean {
+export function isHopByHopOrLength(name: string): boolean {
   switch (name.length) {
     case 2:
       return nameIs(name, "te");

@@ -24,9 +24,16 @@ import {
 } from "./fields.ts";
 import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
-import { type Answer, HookRequest, HookResponse, normalizeReply } from "./hook_messages.ts";
+import {
+  type Answer,
+  HookRequest,
+  HookResponse,
+  isFinalStatus,
+  isReasonPhrase,
+  normalizeReply,
+} from "./hook_messages.ts";
 import { callHook, hookFailure } from "./hook_runner.ts";
-import { HookError, isThenable } from "./hooks.ts";
+import { HookError, isThenable, type Reply } from "./hooks.ts";
 import { StreamBody } from "./message_view.ts";
 import { type BodyReader, bodyReader, EMPTY_BODY, takeBufferedChunked } from "./reader.ts";
 import {
@@ -105,8 +112,8 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   let out = forwardFields(head, tokens, dest.authority, maxForwards, keep, viaField(ctx.options.via, head.minor));
   const hooks = ctx.hooks;
   let hreq: HookRequest | null = null;
-  if (hooks !== null && client.hook !== null && (hooks.onRequest !== null || hooks.onResponse !== null)) {
-    const wire = bodyReader(client.reader, framing, ctx.chunkedLimits);
+  if (hooks !== null && client.hook !== null && (hooks.onRequest || hooks.onResponse || hooks.onError)) {
+    const wire = () => bodyReader(client.reader, framing, ctx.chunkedLimits);
     hreq = client.hook.req = new HookRequest(head.method, head.target, dest, out, wire);
   }
   const builtin = maxForwardsAnswer(head, maxForwards);
@@ -133,18 +140,20 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
       ({ hostname, port } = hreq.destination);
       path = hreq.path;
     }
-    out = finishHookFields(hreq.fields, "onRequest", keep);
-    const hosts = getAll(out, "host").length;
-    if (hosts > 1) throw new HookError("onRequest", "invalid");
-    if (hosts === 0) out.unshift(["Host", dest.authority]);
+    if (hreq.fieldsNeedCheck) {
+      out = finishHookFields(hreq.currentFields, "onRequest", keep);
+      const hosts = getAll(out, "host").length;
+      if (hosts > 1) throw new HookError("onRequest", "invalid");
+      if (hosts === 0) out.unshift(["Host", dest.authority]);
+    }
   }
   if (upgrade) out.push(["Connection", "Upgrade"]);
 
   // Stage: the request body's framing toward the origin.
-  const send = hreq !== null && hreq.body.modified
+  const send = hreq !== null && hreq.bodyModified
     ? hookBody(out, hreq, hasBody)
     : wireBody(ctx, client, out, framing, tokens);
-  hreq?.body.seal("The request body has been forwarded already");
+  hreq?.seal("The request body has been forwarded already");
   // The head is built in a recycled buffer, kept until no retry can need it again.
   const scratch = takeBuffer(SCRATCH_BYTES);
   const requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, out, send.inline, scratch);
@@ -507,7 +516,8 @@ async function respond(
   let outgoing: Outgoing = { status: res.status, reason: res.reason, fields, own: null, wire: null, abandoned: false };
   if (ctx.hooks !== null && ctx.hooks.onResponse !== null && plan.hreq !== null) {
     try {
-      outgoing = await responseHooks(ctx, client, up, plan, res, resFraming, outgoing);
+      const hooked = responseHooks(ctx, client, up, plan, res, resFraming, outgoing);
+      outgoing = isThenable(hooked) ? await hooked : hooked;
     } catch (error) {
       closeQuietly(up.conn);
       throw error;
@@ -548,8 +558,11 @@ async function respond(
   return keepOpen;
 }
 
-/** Runs onResponse on the response head; returns what to send instead (or the same). */
-async function responseHooks(
+/**
+ * Runs onResponse on the response head; returns what to send instead (or the
+ * same). Synchronous when the hook is (no promise on that path).
+ */
+function responseHooks(
   ctx: ExchangeContext,
   client: ClientSide,
   up: UpstreamConn,
@@ -557,20 +570,20 @@ async function responseHooks(
   res: ResponseHead,
   resFraming: Framing,
   outgoing: Outgoing,
-): Promise<Outgoing> {
+): Outgoing | Promise<Outgoing> {
   const wire = bodyReader(up.reader, resFraming, ctx.responseChunkedLimits);
   const hres = new HookResponse(res.status, res.reason, outgoing.fields, wire, plan.req.method);
   const onResponse = ctx.hooks!.onResponse!;
   const hctx = client.hook!.ctx;
   const hreq = plan.hreq!;
   const result = callHook(client, ctx, "onResponse", () => onResponse(hres, hreq, hctx));
-  const reply = isThenable(result) ? await result : result;
-  if (reply !== undefined && reply !== null) {
+  const settle = (reply: Reply | void): Outgoing => {
+    if (reply === undefined || reply === null) return checkedResponse(hres, wire, res.status);
     const answer = normalizeReply(reply);
     if (answer === null) throw new HookError("onResponse", "invalid");
     return fromAnswer(answer, wire);
-  }
-  return checkedResponse(hres, wire, res.status);
+  };
+  return isThenable(result) ? result.then(settle) : settle(result);
 }
 
 /** The outgoing response for a hook's reply that replaces the origin's. */
@@ -583,15 +596,10 @@ function fromAnswer(answer: Answer, wire: BodyReader): Outgoing {
 /** Validates what onResponse left (status, reason, fields) and picks the body to send. */
 function checkedResponse(hres: HookResponse, wire: BodyReader, originalStatus: number): Outgoing {
   const status = hres.status;
-  if (typeof status !== "number" || !Number.isInteger(status) || status < 200 || status > 599) {
-    throw new HookError("onResponse", "invalid");
-  }
-  if (typeof hres.reason !== "string" || !/^[\t \x21-\x7e\x80-\xff]*$/.test(hres.reason)) {
-    throw new HookError("onResponse", "invalid");
-  }
-  const fields = finishHookFields(hres.fields, "onResponse");
-  const body = hres.body;
-  if (body.modified) {
+  if (!isFinalStatus(status) || !isReasonPhrase(hres.reason)) throw new HookError("onResponse", "invalid");
+  const fields = hres.fieldsNeedCheck ? finishHookFields(hres.currentFields, "onResponse") : hres.currentFields;
+  if (hres.bodyModified) {
+    const body = hres.body;
     const own = body.source as Outgoing["own"];
     return { status, reason: hres.reason, fields, own, wire, abandoned: body.orphan !== null };
   }

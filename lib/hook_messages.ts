@@ -18,40 +18,117 @@ import {
 import type { BodyReader } from "./reader.ts";
 import { REASON } from "./serialize.ts";
 
+/**
+ * What request and response views share: a body made on first use (a hook that
+ * never touches the body costs no body object), and a record of whether the
+ * fields were touched in a way that needs the full check before sending.
+ */
+abstract class HookMessage {
+  #body: MessageBody | null = null;
+  #sealed: string | null = null;
+  readonly #fields: Field[];
+  #fieldsTouched = false;
+  #headers: FieldsHeaders | null = null;
+
+  constructor(fields: Field[]) {
+    this.#fields = fields;
+  }
+
+  protected abstract makeBody(): MessageBody;
+
+  /** The body as hooks left it (made on first use). */
+  get body(): MessageBody {
+    if (this.#body === null) {
+      this.#body = this.makeBody();
+      if (this.#sealed !== null) this.#body.seal(this.#sealed);
+    }
+    return this.#body;
+  }
+
+  /** Whether a hook read, replaced or transformed the body. */
+  get bodyModified(): boolean {
+    return this.#body !== null && this.#body.modified;
+  }
+
+  /** After this, body methods fail with `why`. */
+  seal(why: string): void {
+    this.#sealed = why;
+    this.#body?.seal(why);
+  }
+
+  /** The fields as `[name, value]` pairs, in wire order and case (touching them means a full check). */
+  get fields(): Field[] {
+    this.#fieldsTouched = true;
+    return this.#fields;
+  }
+
+  /** A live view of the fields (made on first use). */
+  get headers(): Headers {
+    return this.#headers ??= new FieldsHeaders(this.#fields);
+  }
+
+  /** The fields without marking them touched (for the proxy's own reading). */
+  get currentFields(): Field[] {
+    return this.#fields;
+  }
+
+  /**
+   * Whether the fields may hold something the proxy must check or remove: the
+   * array was handed out, or a managed field (hop-by-hop, framing, Host) was edited.
+   */
+  get fieldsNeedCheck(): boolean {
+    return this.#fieldsTouched || (this.#headers !== null && this.#headers.managedEdited);
+  }
+
+  text(maxBytes?: number): Promise<string> {
+    return this.body.text(maxBytes);
+  }
+  bytes(maxBytes?: number): Promise<Uint8Array> {
+    return this.body.bytes(maxBytes);
+  }
+  setBody(body: string | Uint8Array | ReadableStream<Uint8Array> | null): void {
+    this.body.setBody(body);
+  }
+  pipeThrough(transform: TransformStream<Uint8Array, Uint8Array>): void {
+    this.body.pipeThrough(transform);
+  }
+}
+
 /** What hooks see of a request (see {@link ProxyRequest}). */
-export class HookRequest implements ProxyRequest {
+export class HookRequest extends HookMessage implements ProxyRequest {
   readonly method: string;
   readonly destination: Destination;
-  readonly fields: Field[];
-  /** The body as hooks left it. */
-  readonly body: MessageBody;
   readonly #target: string;
   readonly #authority: string;
   readonly #path: string;
+  readonly #wire: () => BodyReader;
   #url: URL | null = null;
   #urlHref = "";
-  #headers: FieldsHeaders | null = null;
 
   /**
    * @param method The request method.
    * @param target The absolute-form target as received.
-   * @param dest Where the proxy would connect (copied: hooks may change it).
-   * @param path The origin-form target the proxy would send.
+   * @param dest Where the proxy would connect (copied: hooks may change it) and the origin-form path.
+   * @param wire Makes the reader of the client's body (called when a hook first uses the body).
    */
   constructor(
     method: string,
     target: string,
     dest: { hostname: string; port: number; authority: string; path: string },
     fields: Field[],
-    body: BodyReader,
+    wire: () => BodyReader,
   ) {
+    super(fields);
     this.method = method;
     this.#target = target;
     this.#authority = dest.authority;
     this.#path = dest.path;
+    this.#wire = wire;
     this.destination = { hostname: dest.hostname, port: dest.port };
-    this.fields = fields;
-    this.body = new MessageBody(body, { tooLarge: bodyTooLarge("request") });
+  }
+
+  protected makeBody(): MessageBody {
+    return new MessageBody(this.#wire(), { tooLarge: bodyTooLarge("request") });
   }
 
   /** The absolute target as a URL (made on first use). */
@@ -70,82 +147,61 @@ export class HookRequest implements ProxyRequest {
     return this.#url;
   }
 
-  /** A live view of {@link HookRequest.fields} (made on first use). */
-  get headers(): Headers {
-    return this.#headers ??= new FieldsHeaders(this.fields);
-  }
-
   /** The origin-form target to send: the original, or the hook's edited URL path and query. */
   get path(): string {
     if (this.#url === null || this.#url.href === this.#urlHref) return this.#path;
     return `${this.#url.pathname}${this.#url.search}`;
   }
-
-  text(maxBytes?: number): Promise<string> {
-    return this.body.text(maxBytes);
-  }
-  bytes(maxBytes?: number): Promise<Uint8Array> {
-    return this.body.bytes(maxBytes);
-  }
-  setBody(body: string | Uint8Array | ReadableStream<Uint8Array> | null): void {
-    this.body.setBody(body);
-  }
-  pipeThrough(transform: TransformStream<Uint8Array, Uint8Array>): void {
-    this.body.pipeThrough(transform);
-  }
 }
 
 /** What hooks see of a response head (see {@link ProxyResponse}). */
-export class HookResponse implements ProxyResponse {
+export class HookResponse extends HookMessage implements ProxyResponse {
   status: number;
   reason: string;
-  readonly fields: Field[];
-  /** The body as hooks left it. */
-  readonly body: MessageBody;
-  #headers: FieldsHeaders | null = null;
+  readonly #wire: BodyReader;
+  readonly #method: string;
+  readonly #initial: Exclude<BodySource, { kind: "wire" }> | undefined;
 
   /**
    * `method` is the request's (a response to HEAD has no body); `initial` is the
-   * body of an answer the proxy makes itself (instead of `body` from the wire).
+   * body of an answer the proxy makes itself (instead of `wire`, the origin's).
    */
   constructor(
     status: number,
     reason: string,
     fields: Field[],
-    body: BodyReader,
+    wire: BodyReader,
     method: string,
     initial?: Exclude<BodySource, { kind: "wire" }>,
   ) {
+    super(fields);
     this.status = status;
     this.reason = reason;
-    this.fields = fields;
-    this.body = new MessageBody(body, {
+    this.#wire = wire;
+    this.#method = method;
+    this.#initial = initial;
+  }
+
+  protected makeBody(): MessageBody {
+    return new MessageBody(this.#wire, {
       tooLarge: bodyTooLarge("response"),
-      initial,
+      initial: this.#initial,
       noBody: () =>
-        method === "HEAD" || this.status === 204 || this.status === 304
+        this.#method === "HEAD" || this.status === 204 || this.status === 304
           ? "A response to HEAD or with status 204 or 304 has no body"
           : null,
     });
   }
+}
 
-  /** A live view of {@link HookResponse.fields} (made on first use). */
-  get headers(): Headers {
-    return this.#headers ??= new FieldsHeaders(this.fields);
-  }
+/** Whether `status` is a final status a hook may send (200-599). */
+export function isFinalStatus(status: unknown): status is number {
+  return typeof status === "number" && Number.isInteger(status) && status >= 200 && status <= 599;
+}
 
-  text(maxBytes?: number): Promise<string> {
-    return this.body.text(maxBytes);
-  }
-  bytes(maxBytes?: number): Promise<Uint8Array> {
-    return this.body.bytes(maxBytes);
-  }
-  setBody(body: string | Uint8Array | ReadableStream<Uint8Array> | null): void {
-    this.body.setBody(body);
-  }
-  pipeThrough(transform: TransformStream<Uint8Array, Uint8Array>): void {
-    this.body.pipeThrough(transform);
-  }
+/** Whether `reason` is a valid reason-phrase (RFC 9112 §4: HTAB, SP, VCHAR, obs-text). */
+export function isReasonPhrase(reason: unknown): reason is string {
+  return typeof reason === "string" && REASON_PHRASE.test(reason);
 }
 
 /** A CONNECT request for `onConnect`. */
@@ -185,7 +241,7 @@ export function normalizeReply(reply: Reply): Answer | null {
     const fields: Field[] = [];
     for (const pair of reply.headers) fields.push(pair);
     const reason = reply.statusText !== "" ? reply.statusText : REASON[reply.status] ?? "Unknown";
-    if (!validStatus(reply.status) || !REASON_PHRASE.test(reason)) return null;
+    if (!isFinalStatus(reply.status) || !REASON_PHRASE.test(reason)) return null;
     return {
       status: reply.status,
       reason,
@@ -195,7 +251,7 @@ export function normalizeReply(reply: Reply): Answer | null {
   }
   if (reply === null || typeof reply !== "object") return null;
   const { status, reason, headers, body } = reply;
-  if (!validStatus(status)) return null;
+  if (!isFinalStatus(status)) return null;
   const phrase = reason ?? REASON[status] ?? "Unknown";
   if (typeof phrase !== "string" || !REASON_PHRASE.test(phrase)) return null;
   const fields = fieldsOf(headers);
@@ -206,10 +262,6 @@ export function normalizeReply(reply: Reply): Answer | null {
   else if (body instanceof Uint8Array) data = body;
   else return null;
   return { status, reason: phrase, fields: endToEnd(fields), body: { kind: "bytes", data } };
-}
-
-function validStatus(status: unknown): status is number {
-  return typeof status === "number" && Number.isInteger(status) && status >= 200 && status <= 599;
 }
 
 /** Fields from a HeadersInit, case kept for pairs and records; null when one is invalid. */

@@ -11,7 +11,7 @@ import { coarseNow } from "./clock.ts";
 import { closeWriteQuietly, settleWithin } from "./conn.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import type { RequestHead } from "./head.ts";
-import { type Answer, HookResponse, normalizeReply } from "./hook_messages.ts";
+import { type Answer, HookResponse, isFinalStatus, isReasonPhrase, normalizeReply } from "./hook_messages.ts";
 import { callHook } from "./hook_runner.ts";
 import { HookError, isThenable } from "./hooks.ts";
 import { type BodyReader, EMPTY_BODY } from "./reader.ts";
@@ -41,7 +41,7 @@ export async function answerLocally(
   const hooks = ctx.hooks;
   const hreq = client.hook?.req ?? null;
   if (hooks !== null && hooks.onResponse !== null && hreq !== null) {
-    hreq.body.seal("The request was answered without an origin");
+    hreq.seal("The request was answered without an origin");
     answer = await answerHooks(ctx, client, head, answer);
   }
   const unread = pending !== null && !pending.done;
@@ -81,14 +81,11 @@ async function answerHooks(
     return replaced;
   }
   const status = hres.status;
-  if (typeof status !== "number" || !Number.isInteger(status) || status < 200 || status > 599) {
-    throw new HookError("onResponse", "invalid");
-  }
-  if (typeof hres.reason !== "string" || !/^[\t \x21-\x7e\x80-\xff]*$/.test(hres.reason)) {
-    throw new HookError("onResponse", "invalid");
-  }
-  const fields = finishHookFields(hres.fields, "onResponse", KEEP_IN_ANSWERS);
-  const source = hres.body.source;
+  if (!isFinalStatus(status) || !isReasonPhrase(hres.reason)) throw new HookError("onResponse", "invalid");
+  const fields = hres.fieldsNeedCheck
+    ? finishHookFields(hres.currentFields, "onResponse", KEEP_IN_ANSWERS)
+    : hres.currentFields;
+  const source = hres.bodyModified ? hres.body.source : answer.body;
   const body = source.kind === "wire" ? answer.body : source;
   return { status, reason: hres.reason, fields, body };
 }

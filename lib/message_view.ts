@@ -12,7 +12,7 @@
  */
 import { FIELD_VALUE, isToken } from "./ascii.ts";
 import { BodyTooLargeError } from "./hooks.ts";
-import { type Field, nameIs } from "./fields.ts";
+import { type Field, isHopByHopOrLength, nameIs } from "./fields.ts";
 import type { BodyReader } from "./reader.ts";
 
 /** The default cap of `text()` / `bytes()`. */
@@ -69,18 +69,31 @@ function checkValue(value: string): string {
  */
 export class FieldsHeaders implements Headers {
   readonly #fields: Field[];
+  /**
+   * Set once an edit named a field the proxy manages (hop-by-hop and framing
+   * fields, `Host`, `Trailer`): the list then needs the full check before it is
+   * sent. Other edits are valid by construction (checked here).
+   */
+  managedEdited = false;
   /** Wraps `fields` (not copied: edits show in both). */
   constructor(fields: Field[]) {
     this.#fields = fields;
   }
 
+  #note(name: string): void {
+    if (isHopByHopOrLength(name) || nameIs(name, "host") || nameIs(name, "trailer")) this.managedEdited = true;
+  }
+
   /** Adds a field at the end. */
   append(name: string, value: string): void {
-    this.#fields.push([checkName(name), checkValue(value)]);
+    name = checkName(name);
+    this.#note(name);
+    this.#fields.push([name, checkValue(value)]);
   }
 
   /** Removes every field called `name`. */
   delete(name: string): void {
+    this.#note(name);
     const lower = checkName(name).toLowerCase();
     const fields = this.#fields;
     for (let i = fields.length - 1; i >= 0; i--) if (nameIs(fields[i][0], lower)) fields.splice(i, 1);
@@ -112,6 +125,7 @@ export class FieldsHeaders implements Headers {
   set(name: string, value: string): void {
     name = checkName(name);
     value = checkValue(value);
+    this.#note(name);
     const lower = name.toLowerCase();
     const fields = this.#fields;
     let first = -1;

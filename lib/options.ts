@@ -63,10 +63,8 @@ export interface ProxyOptions {
   hookTimeoutMs?: number;
 }
 
-type Unresolved = "signal" | "logger" | "onTunnelEnd" | "hooks";
-
 /** Options with every default filled in. */
-export type ResolvedOptions = Required<Omit<ProxyOptions, Unresolved>> & {
+export type ResolvedOptions = Required<Omit<ProxyOptions, "signal" | "logger" | "onTunnelEnd" | "hooks">> & {
   signal?: AbortSignal;
   logger?: Logger;
   onTunnelEnd?: (stats: TunnelStats) => void;
@@ -74,27 +72,28 @@ export type ResolvedOptions = Required<Omit<ProxyOptions, Unresolved>> & {
 };
 
 /** The defaults, as documented on {@link ProxyOptions}. */
-export const DEFAULTS: Readonly<Omit<ResolvedOptions, Unresolved>> = Object.freeze({
-  hostname: "127.0.0.1",
-  port: 3128,
-  via: "waypost",
-  connectTimeoutMs: 10_000,
-  responseTimeoutMs: 60_000,
-  headerTimeoutMs: 30_000,
-  idleTimeoutMs: 60_000,
-  bodyTimeoutMs: 120_000,
-  maxConnections: 4096,
-  maxConnectionsPerClient: 256,
-  maxRequestLineBytes: 8192,
-  maxHeadBytes: 65536,
-  maxFields: 100,
-  connectPorts: Object.freeze([443]),
-  tunnelIdleTimeoutMs: 0,
-  maxIdlePerOrigin: 256,
-  upstreamIdleTimeoutMs: 30_000,
-  reusePort: false,
-  hookTimeoutMs: 30_000,
-});
+export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onTunnelEnd" | "hooks">> = Object
+  .freeze({
+    hostname: "127.0.0.1",
+    port: 3128,
+    via: "waypost",
+    connectTimeoutMs: 10_000,
+    responseTimeoutMs: 60_000,
+    headerTimeoutMs: 30_000,
+    idleTimeoutMs: 60_000,
+    bodyTimeoutMs: 120_000,
+    maxConnections: 4096,
+    maxConnectionsPerClient: 256,
+    maxRequestLineBytes: 8192,
+    maxHeadBytes: 65536,
+    maxFields: 100,
+    connectPorts: Object.freeze([443]),
+    tunnelIdleTimeoutMs: 0,
+    maxIdlePerOrigin: 256,
+    upstreamIdleTimeoutMs: 30_000,
+    reusePort: false,
+    hookTimeoutMs: 30_000,
+  });
 
 /** Fills in defaults and validates values. */
 export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
