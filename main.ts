@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
 import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
 import { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
+import { hooksSpecifier, loadHooks } from "./lib/hooks_loader.ts";
 import { startProxy } from "./lib/server.ts";
 
 /** Shutdown grace period when --grace is not given. */
@@ -39,6 +40,10 @@ Options:
   --grace DURATION            shutdown grace period for in-flight exchanges (default ${ms(DEFAULT_GRACE_MS)})
   --connect-ports LIST        ports CONNECT may reach: 443,8443 or '*' for all (default ${DEFAULTS.connectPorts})
   --tunnel-idle-timeout DURATION  close tunnels idle this long, 0 = never (default ${DEFAULTS.tunnelIdleTimeoutMs})
+  --hooks FILE_OR_URL         a module whose default export is hooks (see README "Programming it");
+                              a local file needs --allow-read, a URL --allow-import
+  --hook-timeout DURATION     an asynchronous hook not settled by then fails with 500, 0 = no limit
+                              (default ${ms(DEFAULTS.hookTimeoutMs)})
   --log-level LEVEL           debug, info, warn, error or silent (default info)
   --workers N|auto            event loops (threads) sharing the port (default 1); needs
                               --unstable-net and --allow-read (see README)
@@ -87,6 +92,8 @@ async function main(args: string[]): Promise<void> {
         "max-connections-per-client": { type: "string" },
         "connect-ports": { type: "string" },
         "tunnel-idle-timeout": { type: "string" },
+        hooks: { type: "string" },
+        "hook-timeout": { type: "string" },
         "log-level": { type: "string" },
         workers: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -140,8 +147,22 @@ async function main(args: string[]): Promise<void> {
     maxConnections: count("max-connections", values["max-connections"]),
     maxConnectionsPerClient: count("max-connections-per-client", values["max-connections-per-client"]),
     tunnelIdleTimeoutMs: duration("tunnel-idle-timeout", values["tunnel-idle-timeout"]),
+    hookTimeoutMs: duration("hook-timeout", values["hook-timeout"]),
     logger: consoleLogger(level),
   };
+  const hooksModule = values.hooks === undefined ? undefined : hooksSpecifier(values.hooks, Deno.cwd());
+  if (hooksModule !== undefined) {
+    try {
+      options.hooks = await loadHooks(hooksModule);
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+        ? ` (run with ${/^https?:/i.test(hooksModule) ? "--allow-import" : "--allow-read"} for it)`
+        : "";
+      console.error(`waypost: cannot load --hooks ${values.hooks}: ${why}${hint}`);
+      Deno.exit(1);
+    }
+  }
 
   const workers = workerCount(values.workers);
   // SO_REUSEPORT is behind --unstable-net; without it Deno would exit on the listen call.
@@ -162,7 +183,12 @@ async function main(args: string[]): Promise<void> {
     Deno.exit(1);
   }
   const { hostname, port: bound } = proxy.addr;
-  const threads = await startWorkers(workers - 1, { ...options, logger: undefined, port: bound }, level);
+  const threads = await startWorkers(
+    workers - 1,
+    { ...options, logger: undefined, hooks: undefined, port: bound },
+    level,
+    hooksModule,
+  );
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
   console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);
 
@@ -188,7 +214,12 @@ function workerCount(text: string | undefined): number {
 }
 
 /** Starts `count` worker threads, each a proxy on the same port; resolves when all listen. */
-function startWorkers(count: number, options: ProxyOptions, logLevel: LogLevel): Promise<Worker[]> {
+function startWorkers(
+  count: number,
+  options: ProxyOptions,
+  logLevel: LogLevel,
+  hooksModule: string | undefined,
+): Promise<Worker[]> {
   const started = Array.from({ length: count }, () =>
     new Promise<Worker>((resolve) => {
       const worker = new Worker(import.meta.resolve("./lib/worker.ts"), { type: "module" });
@@ -204,7 +235,7 @@ function startWorkers(count: number, options: ProxyOptions, logLevel: LogLevel):
           Deno.exit(1);
         }
       };
-      worker.postMessage({ type: "start", options, logLevel });
+      worker.postMessage({ type: "start", options, logLevel, hooksModule });
     }));
   return Promise.all(started);
 }

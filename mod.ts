@@ -9,6 +9,25 @@
  * await proxy.shutdown();
  * ```
  *
+ * Programming it: hooks run at the stages of every exchange (see {@link ProxyHooks}).
+ *
+ * @example
+ * ```ts
+ * import { startProxy } from "./mod.ts";
+ * const proxy = startProxy({
+ *   port: 0,
+ *   hooks: {
+ *     onRequest(req) {
+ *       req.headers.set("X-Via-Waypost", "1");
+ *     },
+ *     onExchangeEnd(record) {
+ *       console.log(record.status, record.target, record.timings.total);
+ *     },
+ *   },
+ * });
+ * await proxy.shutdown();
+ * ```
+ *
  * @module
  */
 export { type ProxyHandle, startProxy } from "./lib/server.ts";

@@ -10,15 +10,35 @@
  * @module
  */
 import { ProxyError } from "./errors.ts";
+// deno-lint-ignore no-unused-vars
+import type { startProxy } from "./server.ts";
 import type { Field } from "./fields.ts";
 import type { TunnelEnd } from "./tunnel.ts";
 
-/** A value or a promise of it. */
+/**
+ * A value or a promise of it: every hook may be synchronous (no promise is
+ * made for it) or asynchronous.
+ *
+ * @example
+ * ```ts
+ * import type { Awaitable } from "../mod.ts";
+ * const now: Awaitable<number> = 1;
+ * const later: Awaitable<number> = Promise.resolve(2);
+ * ```
+ */
 export type Awaitable<T> = T | PromiseLike<T>;
 
 /**
  * A response the proxy writes itself (a hook's answer). A web `Response` is
- * accepted too; its body streams.
+ * accepted too; its body streams. Framing (`Content-Length`,
+ * `Transfer-Encoding`) and connection fields are the proxy's and are replaced.
+ *
+ * @example
+ * ```ts
+ * import type { Reply } from "../mod.ts";
+ * const denied: Reply = { status: 403, headers: { "Content-Type": "text/plain" }, body: "Not here\n" };
+ * const web: Reply = new Response("moved", { status: 302, headers: { Location: "http://127.0.0.1/" } });
+ * ```
  */
 export type Reply = Response | {
   /** Status code, 200-599. */
@@ -31,7 +51,20 @@ export type Reply = Response | {
   body?: string | Uint8Array;
 };
 
-/** Where a request or tunnel goes. */
+/**
+ * Where a request or tunnel goes.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * // Send every request for old.test to a local replacement; Host stays "old.test".
+ * const hooks: ProxyHooks = {
+ *   onRequest(req) {
+ *     if (req.destination.hostname === "old.test") Object.assign(req.destination, { hostname: "127.0.0.1", port: 8080 });
+ *   },
+ * };
+ * ```
+ */
 export interface Destination {
   /** Host name or IP address (IPv6 without brackets). */
   hostname: string;
@@ -39,7 +72,15 @@ export interface Destination {
   port: number;
 }
 
-/** The client's address. */
+/**
+ * The client's address.
+ *
+ * @example
+ * ```ts
+ * import type { ClientAddress } from "../mod.ts";
+ * const show = (a: ClientAddress) => a.hostname.includes(":") ? `[${a.hostname}]:${a.port}` : `${a.hostname}:${a.port}`;
+ * ```
+ */
 export interface ClientAddress {
   /** The client's IP address. */
   readonly hostname: string;
@@ -47,7 +88,23 @@ export interface ClientAddress {
   readonly port: number;
 }
 
-/** What every hook of one exchange shares. */
+/**
+ * What every hook of one exchange shares.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * // Time each exchange from onRequest to onResponse with ctx.locals.
+ * const hooks: ProxyHooks = {
+ *   onRequest(_req, ctx) {
+ *     ctx.locals.started = performance.now();
+ *   },
+ *   onResponse(res, _req, ctx) {
+ *     res.headers.set("Server-Timing", `proxy;dur=${performance.now() - (ctx.locals.started as number)}`);
+ *   },
+ * };
+ * ```
+ */
 export interface HookContext {
   /** The client's address. */
   readonly client: ClientAddress;
@@ -59,7 +116,25 @@ export interface HookContext {
   readonly signal: AbortSignal;
 }
 
-/** The body methods shared by {@link ProxyRequest} and {@link ProxyResponse}. */
+/**
+ * The body methods shared by {@link ProxyRequest} and {@link ProxyResponse}.
+ * A body streams unless a hook asks for it; after `setBody` or `pipeThrough`
+ * the proxy chooses the framing.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * // Upper-case text/plain responses as they stream.
+ * const hooks: ProxyHooks = {
+ *   onResponse(res) {
+ *     if (!res.headers.get("content-type")?.startsWith("text/plain")) return;
+ *     const dec = new TextDecoder();
+ *     const enc = new TextEncoder();
+ *     res.pipeThrough(new TransformStream({ transform: (chunk, c) => c.enqueue(enc.encode(dec.decode(chunk, { stream: true }).toUpperCase())) }));
+ *   },
+ * };
+ * ```
+ */
 export interface MessageBodyAccess {
   /**
    * Reads the whole body as UTF-8 text (default cap 1 MiB). The body is still
@@ -82,7 +157,20 @@ export interface MessageBodyAccess {
   pipeThrough(transform: TransformStream<Uint8Array, Uint8Array>): void;
 }
 
-/** An absolute-form request about to be forwarded. */
+/**
+ * An absolute-form request about to be forwarded.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * const hooks: ProxyHooks = {
+ *   onRequest(req) {
+ *     req.headers.delete("cookie");
+ *     if (req.url.pathname.startsWith("/old/")) req.url.pathname = req.url.pathname.replace("/old/", "/new/");
+ *   },
+ * };
+ * ```
+ */
 export interface ProxyRequest extends MessageBodyAccess {
   /** The request method, case preserved. */
   readonly method: string;
@@ -100,7 +188,22 @@ export interface ProxyRequest extends MessageBodyAccess {
   readonly fields: Field[];
 }
 
-/** The origin's response at its head, before anything is written to the client. */
+/**
+ * The origin's response at its head, before anything is written to the client.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * const hooks: ProxyHooks = {
+ *   async onResponse(res) {
+ *     res.headers.set("X-Proxied-By", "waypost");
+ *     if (res.headers.get("content-type") === "application/json") {
+ *       res.setBody(JSON.stringify({ wrapped: JSON.parse(await res.text()) }));
+ *     }
+ *   },
+ * };
+ * ```
+ */
 export interface ProxyResponse extends MessageBodyAccess {
   /** Status code (writable, 200-599). */
   status: number;
@@ -112,7 +215,15 @@ export interface ProxyResponse extends MessageBodyAccess {
   readonly fields: Field[];
 }
 
-/** A CONNECT request before its tunnel is dialled. */
+/**
+ * A CONNECT request before its tunnel is dialled.
+ *
+ * @example
+ * ```ts
+ * import type { ProxyHooks } from "../mod.ts";
+ * const hooks: ProxyHooks = { onConnect: (req) => req.port === 443 || req.port === 8443 ? "allow" : "deny" };
+ * ```
+ */
 export interface ConnectRequest {
   /** Target host (IPv6 without brackets). */
   readonly hostname: string;
@@ -125,11 +236,30 @@ export interface ConnectRequest {
 /**
  * An `onConnect` verdict: `"allow"` overrides the port policy, `"deny"` answers
  * 403, a {@link Reply} is written as the answer (then the connection closes),
- * `redirect` dials another host instead.
+ * `redirect` dials another host instead. Nothing: the port policy decides.
+ *
+ * @example
+ * ```ts
+ * import type { ConnectDecision, ConnectRequest } from "../mod.ts";
+ * function decide(req: ConnectRequest): ConnectDecision | void {
+ *   if (req.headers.get("proxy-authorization") === null) {
+ *     return { status: 407, headers: { "Proxy-Authenticate": 'Basic realm="proxy"' } };
+ *   }
+ *   if (req.hostname === "legacy.test") return { redirect: { hostname: "127.0.0.1", port: 8443 } };
+ * }
+ * ```
  */
 export type ConnectDecision = "allow" | "deny" | Reply | { redirect: Destination };
 
-/** How a tunnel ended. */
+/**
+ * How a tunnel ended.
+ *
+ * @example
+ * ```ts
+ * import type { TunnelEndRecord } from "../mod.ts";
+ * const clean = (t: TunnelEndRecord) => t.end === "closed";
+ * ```
+ */
 export interface TunnelEndRecord {
   /** Both FINs (`closed`), a reset, the idle timeout, or shutdown. */
   end: TunnelEnd;
@@ -137,7 +267,20 @@ export interface TunnelEndRecord {
   firstFin: "client" | "origin" | null;
 }
 
-/** Everything a log line or a metric needs about one exchange or tunnel. */
+/**
+ * Everything a log line or a metric needs about one exchange or tunnel.
+ *
+ * @example
+ * ```ts
+ * import type { ExchangeRecord, ProxyHooks } from "../mod.ts";
+ * const counts = new Map<number, number>();
+ * const hooks: ProxyHooks = {
+ *   onExchangeEnd(r: ExchangeRecord) {
+ *     counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
+ *   },
+ * };
+ * ```
+ */
 export interface ExchangeRecord {
   /** `http`: forwarded; `connect`: a CONNECT tunnel; `upgrade`: a 101 relay; `local`: answered by the proxy. */
   kind: "http" | "connect" | "upgrade" | "local";
@@ -167,7 +310,28 @@ export interface ExchangeRecord {
   connectionId: number;
 }
 
-/** The hook points of an exchange. Every member is optional. */
+/**
+ * The hook points of an exchange. Every member is optional; pass one object or
+ * an array of them as `hooks` to {@link startProxy}. A hook answers by
+ * returning a {@link Reply} (the first hook that answers wins), fails the
+ * exchange by throwing (500, or the status of a {@link ProxyError} thrown on
+ * purpose), or returns nothing to let the exchange go on.
+ *
+ * @example
+ * ```ts
+ * import { type ProxyHooks, startProxy } from "../mod.ts";
+ * const hooks: ProxyHooks = {
+ *   onRequest(req) {
+ *     if (req.destination.hostname.endsWith(".ads.test")) return { status: 403, body: "Blocked\n" };
+ *   },
+ *   onError(error) {
+ *     return { status: error.status, headers: { "Content-Type": "text/html" }, body: `<h1>${error.status}</h1>` };
+ *   },
+ * };
+ * const proxy = startProxy({ port: 0, hooks });
+ * await proxy.shutdown();
+ * ```
+ */
 export interface ProxyHooks {
   /** Before anything is sent upstream, for every absolute-form request (not CONNECT). */
   onRequest?(req: ProxyRequest, ctx: HookContext): Awaitable<Reply | void>;
@@ -181,7 +345,15 @@ export interface ProxyHooks {
   onExchangeEnd?(record: ExchangeRecord): void;
 }
 
-/** The names of the hooks that can fail an exchange. */
+/**
+ * The names of the hooks (as used in {@link HookError} codes).
+ *
+ * @example
+ * ```ts
+ * import type { HookName } from "../mod.ts";
+ * const name: HookName = "onRequest";
+ * ```
+ */
 export type HookName = "onRequest" | "onResponse" | "onConnect" | "onError" | "onExchangeEnd";
 
 const CODE_NAMES: Readonly<Record<HookName, string>> = {
@@ -197,6 +369,13 @@ const CODE_NAMES: Readonly<Record<HookName, string>> = {
  * something the proxy cannot send: 500. The code names the hook and the failure,
  * for example `hook-on-request-failed`, `hook-on-response-timeout`,
  * `hook-on-request-invalid`.
+ *
+ * @example
+ * ```ts
+ * import { HookError } from "../mod.ts";
+ * const e = new HookError("onRequest", "timeout");
+ * console.assert(e.status === 500 && e.code === "hook-on-request-timeout");
+ * ```
  */
 export class HookError extends ProxyError {
   /** Which hook failed. */
@@ -213,7 +392,25 @@ export class HookError extends ProxyError {
   }
 }
 
-/** A body read by `text()` / `bytes()` is longer than the cap asked for. */
+/**
+ * A body read by `text()` / `bytes()` is longer than the cap asked for: 413
+ * for a request body, 502 for a response body, unless the hook catches it.
+ *
+ * @example
+ * ```ts
+ * import { BodyTooLargeError, type ProxyHooks } from "../mod.ts";
+ * const hooks: ProxyHooks = {
+ *   async onRequest(req) {
+ *     try {
+ *       await req.text(64 * 1024);
+ *     } catch (error) {
+ *       if (error instanceof BodyTooLargeError) return { status: 413, body: "Too large for this proxy\n" };
+ *       throw error;
+ *     }
+ *   },
+ * };
+ * ```
+ */
 export class BodyTooLargeError extends ProxyError {
   /** Creates the error: 413 for a request body, 502 for a response body. */
   constructor(message: string, status: 413 | 502) {

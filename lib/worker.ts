@@ -3,7 +3,8 @@
  * with its own proxy on the same port (`reusePort`, so the kernel spreads new
  * connections over the threads), and stops when the main thread says so.
  *
- * Messages in: `{ type: "start", options, logLevel }`, `{ type: "shutdown", graceMs }`.
+ * Messages in: `{ type: "start", options, logLevel, hooksModule? }`, `{ type: "shutdown", graceMs }`.
+ * Hooks are functions, which cannot cross threads: each worker imports the hooks module itself.
  * Messages out: `{ type: "listening" }`, `{ type: "stopped" }`, `{ type: "error", message }`.
  *
  * @module
@@ -12,17 +13,20 @@
 /// <reference lib="deno.worker" />
 import { consoleLogger, type LogLevel } from "./log.ts";
 import type { ProxyOptions } from "./options.ts";
+import { loadHooks } from "./hooks_loader.ts";
 import { type ProxyHandle, startProxy } from "./server.ts";
 
 let proxy: ProxyHandle | null = null;
 
-self.onmessage = (event: MessageEvent) => {
+self.onmessage = async (event: MessageEvent) => {
   const message = event.data as
-    | { type: "start"; options: ProxyOptions; logLevel: LogLevel }
+    | { type: "start"; options: ProxyOptions; logLevel: LogLevel; hooksModule?: string }
     | { type: "shutdown"; graceMs: number };
   if (message.type === "start") {
     try {
-      proxy = startProxy({ ...message.options, reusePort: true, logger: consoleLogger(message.logLevel) });
+      const hooks = message.hooksModule === undefined ? undefined : await loadHooks(message.hooksModule);
+      const logger = consoleLogger(message.logLevel);
+      proxy = startProxy({ ...message.options, hooks, reusePort: true, logger });
       self.postMessage({ type: "listening" });
     } catch (error) {
       self.postMessage({ type: "error", message: error instanceof Error ? error.message : String(error) });
