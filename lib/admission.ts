@@ -1,0 +1,57 @@
+/**
+ * The admission stage: whether a new client connection is served, by the
+ * connection limits (in all and per client address). Over a limit the client
+ * gets 503 with `Retry-After` and a close, never a queue.
+ *
+ * @module
+ */
+import { writeThenClose } from "./conn.ts";
+import type { Logger } from "./log.ts";
+import { localResponse } from "./respond.ts";
+
+/** What admission decides for a new connection. */
+export type AdmissionVerdict = "admit" | "max-connections" | "max-connections-per-client";
+
+/** The limits admission applies. */
+export interface AdmissionLimits {
+  readonly maxConnections: number;
+  readonly maxConnectionsPerClient: number;
+}
+
+/** The verdict for a new connection, given the open connections in all and from its address. */
+export function admissionVerdict(open: number, fromClient: number, limits: AdmissionLimits): AdmissionVerdict {
+  if (open >= limits.maxConnections) return "max-connections";
+  if (fromClient >= limits.maxConnectionsPerClient) return "max-connections-per-client";
+  return "admit";
+}
+
+/** Open connections per client address. */
+export class ClientCounts {
+  readonly #counts = new Map<string, number>();
+  /** Open connections from `address`. */
+  get(address: string): number {
+    return this.#counts.get(address) ?? 0;
+  }
+  /** One more connection from `address`. */
+  add(address: string): void {
+    this.#counts.set(address, this.get(address) + 1);
+  }
+  /** One connection from `address` ended. */
+  remove(address: string): void {
+    const left = this.get(address) - 1;
+    if (left > 0) this.#counts.set(address, left);
+    else this.#counts.delete(address);
+  }
+}
+
+/** Answers 503 with `Retry-After` and closes (the answer fits the socket buffer: no wait). */
+export function refuse(conn: Deno.TcpConn, why: Exclude<AdmissionVerdict, "admit">, logger: Logger): void {
+  const a = conn.remoteAddr as Deno.NetAddr;
+  logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
+  const bytes = localResponse(503, {
+    body: "Too many connections to the proxy\n",
+    close: true,
+    fields: [["Retry-After", "1"]],
+  });
+  writeThenClose(conn, bytes);
+}

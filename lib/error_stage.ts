@@ -1,0 +1,94 @@
+/**
+ * The error stage: the one place an error becomes the client's answer. The
+ * user's `onError` may answer instead (a custom page); if it fails, the
+ * proxy's own answer still goes out. After the final head is on the wire an
+ * error can only close the connection (never a body made to look complete).
+ *
+ * @module
+ */
+import { writeAnswer } from "./answer.ts";
+import { coarseNow } from "./clock.ts";
+import { describe, ProxyError } from "./errors.ts";
+import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
+import { normalizeReply } from "./hook_messages.ts";
+import { callHook } from "./hook_runner.ts";
+import { HookError, isThenable } from "./hooks.ts";
+import { errorResponse } from "./respond.ts";
+import { writeAll } from "./writer.ts";
+
+/** The client side of an exchange, with the request method (HEAD answers carry no body). */
+export interface ErrorTarget extends ClientSide {
+  /** The request's method ("" before a head was read). */
+  method: string;
+}
+
+/** Answers `error` to the client if no final head was sent yet, and notes it in the exchange record. */
+export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: unknown): Promise<void> {
+  const logger = ctx.logger;
+  if (!(error instanceof ProxyError)) {
+    // Socket errors (reset, broken pipe) end the session without a response.
+    if (isSocketError(error)) {
+      s.draft.error ??= "client-gone";
+      return;
+    }
+    logger.log("error", "internal-error", { error: String(error) });
+  } else if (error instanceof HookError) {
+    logger.log("error", "hook-failed", { code: error.code, error: String(error.cause ?? error.message) });
+  } else if (error.status >= 500) {
+    logger.log("info", "upstream-error", { code: error.code });
+  }
+  const failure = error instanceof ProxyError
+    ? error
+    : new ProxyError("Internal proxy error", { status: 500, code: "internal-error", cause: error });
+  s.draft.error = failure.code;
+  // An incomplete request (the client half-closed mid-head or mid-body) still gets its
+  // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
+  if (s.finalHeadSent) return;
+  const hooks = ctx.hooks;
+  if (hooks !== null && hooks.onError !== null && s.hook !== null && await answerWithHook(ctx, s, failure)) return;
+  s.draft.status = failure.status;
+  try {
+    await writeAll(s.out, errorResponse(error, true, s.method === "HEAD"));
+  } catch {
+    // The client is gone; there is no one left to tell.
+  }
+}
+
+/** Lets onError answer an error; resolves to whether it did (else the proxy's own answer goes out). */
+async function answerWithHook(ctx: ExchangeContext, s: ErrorTarget, error: ProxyError): Promise<boolean> {
+  const hook = s.hook!;
+  const onError = ctx.hooks!.onError!;
+  try {
+    const result = callHook(s, ctx, "onError", () => onError(error, hook.ctx, hook.req ?? undefined));
+    const reply = isThenable(result) ? await result : result;
+    if (reply === undefined || reply === null) return false;
+    const answer = normalizeReply(reply);
+    if (answer === null) throw new HookError("onError", "invalid");
+    await writeAnswer(s.out, answer, {
+      method: s.method,
+      minor: 1,
+      close: true,
+      hook: "onError",
+      touch: () => s.activity = coarseNow(),
+      headSent: (status) => {
+        s.finalHeadSent = true;
+        s.draft.status = status;
+      },
+    });
+    return true;
+  } catch (failure) {
+    // A failing onError must not cost the client its answer: the proxy's own goes out.
+    ctx.logger.log("error", "hook-failed", { code: describe(failure), error: String(failure) });
+    return s.finalHeadSent;
+  }
+}
+
+/** Whether an error is the socket's (reset, broken pipe, closed): no answer can be written. */
+export function isSocketError(error: unknown): boolean {
+  return error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.Interrupted ||
+    error instanceof Deno.errors.ConnectionAborted ||
+    error instanceof Deno.errors.NotConnected;
+}

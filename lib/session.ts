@@ -1,0 +1,249 @@
+/**
+ * One client connection from accept to close: the head-reading stage
+ * (keep-alive, pipelining in order, head and idle deadlines), each request
+ * handed to the exchange stages (forward.ts), errors to the error stage, and
+ * the record stage that ends every exchange with one {@link ExchangeRecord}.
+ *
+ * @module
+ */
+import { deadlineIn } from "./clock.ts";
+import { closeQuietly, writeThenClose } from "./conn.ts";
+import { PrematureEofError, ProxyError } from "./errors.ts";
+import { answerError } from "./error_stage.ts";
+import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
+import { handleRequest } from "./forward.ts";
+import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
+import type { ComposedHooks, ExchangeRecord, HookContext } from "./hooks.ts";
+import { ConnReader } from "./reader.ts";
+import { buildRecord, newDraft, resetDraft } from "./record.ts";
+import { errorResponse } from "./respond.ts";
+import { peer, type Swept } from "./sweeper.ts";
+import type { Writable } from "./writer.ts";
+
+/** One client connection's state. */
+export interface Session extends ClientSide, Swept {
+  busy: boolean;
+  /** Method of the request being handled ("" while waiting for a head). */
+  method: string;
+  /** Requests this connection has carried. */
+  requests: number;
+  /** Whether a byte of the awaited head has arrived. */
+  headStarted: boolean;
+  /** Set when the sweeper expired the head wait. */
+  timedOut: boolean;
+  /** The 408 being written after a head timeout (onError may be asynchronous). */
+  timeoutAnswer: Promise<void> | null;
+  done: Promise<void>;
+  /** Numbers client connections for hooks and records. */
+  readonly id: number;
+  /** The client's address (made only when hooks are set). */
+  client: { hostname: string; port: number } | null;
+  /** Aborted when the connection ends or the proxy stops (made only when hooks are set). */
+  hookAbort: AbortController | null;
+}
+
+/** What sessions share with the server. */
+export interface SessionHost {
+  readonly ctx: ExchangeContext;
+  readonly limits: HeadLimits;
+  readonly headerTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly hooks: ComposedHooks | null;
+}
+
+const TIMEOUT = Symbol("timeout");
+let nextId = 1;
+
+/** A new session for an accepted connection. */
+export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
+  const hooks = host.hooks;
+  const onExchangeEnd = hooks?.onExchangeEnd ?? null;
+  const session: Session = {
+    conn,
+    reader: new ConnReader(conn, 256 * 1024),
+    out: conn as Writable,
+    written: 0,
+    draft: newDraft(onExchangeEnd !== null),
+    hook: null,
+    hookDeadline: 0,
+    hookName: null,
+    hookExpire: null,
+    id: nextId++,
+    client: null,
+    hookAbort: null,
+    timeoutAnswer: null,
+    finalHeadSent: false,
+    upstream: null,
+    pinned: null,
+    busy: false,
+    method: "",
+    requests: 0,
+    waitingHead: false,
+    headStarted: false,
+    deadline: 0,
+    timedOut: false,
+    inBody: false,
+    activity: 0,
+    responseDeadline: 0,
+    responseTimedOut: false,
+    resetWatch: undefined,
+    done: Promise.resolve(),
+  };
+  if (hooks !== null) {
+    const a = conn.remoteAddr as Deno.NetAddr;
+    session.client = Object.freeze({ hostname: a.hostname, port: a.port });
+    session.hookAbort = new AbortController();
+  }
+  // Bytes to the client are counted only when a record is made (one promise less per write otherwise).
+  if (onExchangeEnd !== null) {
+    (session as { out: Writable }).out = {
+      write(p: Uint8Array): Promise<number> {
+        return conn.write(p).then((n) => {
+          session.written += n;
+          return n;
+        });
+      },
+    };
+  }
+  return session;
+}
+
+/** Serves requests on a connection until it closes, fails, or the proxy stops. */
+export async function serveClient(host: SessionHost, s: Session): Promise<void> {
+  const ctx = host.ctx;
+  let first = true;
+  while (!ctx.stopping) {
+    // Per-request state: an error in this head must still be answered (the previous
+    // response's head is not this one's), and HEAD-ness belongs to this request.
+    s.finalHeadSent = false;
+    s.method = "";
+    resetDraft(s.draft);
+    if (host.hooks !== null) s.hook = { ctx: hookContext(s), req: null };
+    const inStart = s.reader.consumed;
+    const outStart = s.written;
+    let head: RequestHead | null;
+    try {
+      head = await readRequestHead(host, s, first);
+    } catch (error) {
+      if (error === TIMEOUT) {
+        if (s.timeoutAnswer === null) return;
+        await s.timeoutAnswer;
+      } else await answerError(ctx, s, error);
+      endExchange(host, s, null, inStart, outStart);
+      return;
+    }
+    if (head === null) return;
+    if (s.draft.timed) s.draft.startedAt = performance.now();
+    s.method = head.method;
+    s.requests++;
+    first = false;
+    s.busy = true;
+    try {
+      const again = await handleRequest(ctx, s, head);
+      if (!again) return;
+    } catch (error) {
+      await answerError(ctx, s, error);
+      return;
+    } finally {
+      s.busy = false;
+      s.inBody = false;
+      s.responseDeadline = 0;
+      endExchange(host, s, head, inStart, outStart);
+    }
+  }
+}
+
+function hookContext(s: Session): HookContext {
+  return { client: s.client!, connectionId: s.id, locals: {}, signal: s.hookAbort!.signal };
+}
+
+/** The record stage: one record per exchange or tunnel, to onExchangeEnd. */
+function endExchange(
+  host: SessionHost,
+  s: Session,
+  head: RequestHead | null,
+  inStart: number,
+  outStart: number,
+): void {
+  s.hook = null;
+  const onExchangeEnd = host.hooks?.onExchangeEnd ?? null;
+  if (onExchangeEnd === null) return;
+  const record: ExchangeRecord = buildRecord(s.draft, {
+    method: head?.method ?? "",
+    target: head?.target ?? "",
+    client: s.client!,
+    connectionId: s.id,
+    inStart,
+    outStart,
+    inNow: s.reader.consumed,
+    outNow: s.written,
+  });
+  try {
+    onExchangeEnd(record);
+  } catch (error) {
+    host.ctx.logger.log("error", "hook-failed", { hook: "onExchangeEnd", error: String(error) });
+  }
+}
+
+/**
+ * The head-reading stage. A fresh connection gets the head timeout; a kept-alive
+ * one the idle timeout until its first byte. The sweeper enforces the deadline
+ * (no timer per request) and sets `timedOut`.
+ */
+async function readRequestHead(host: SessionHost, s: Session, first: boolean): Promise<RequestHead | null> {
+  const parser = new HeadParser("request", host.limits);
+  const tickMs = host.ctx.tickMs;
+  s.waitingHead = true;
+  s.headStarted = false;
+  s.deadline = deadlineIn(first ? host.headerTimeoutMs : host.idleTimeoutMs, tickMs);
+  try {
+    while (true) {
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await s.reader.next();
+      } catch (error) {
+        if (s.timedOut) throw TIMEOUT;
+        throw error;
+      }
+      if (s.timedOut) throw TIMEOUT;
+      if (chunk === null) {
+        if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
+        return null;
+      }
+      if (!s.headStarted) {
+        s.headStarted = true;
+        if (!first) s.deadline = deadlineIn(host.headerTimeoutMs, tickMs);
+      }
+      const used = parser.push(chunk);
+      if (parser.complete) {
+        s.reader.unread(chunk.length - used);
+        return parser.requestHead();
+      }
+    }
+  } finally {
+    s.waitingHead = false;
+  }
+}
+
+/** Head or idle deadline passed (called by the sweeper): 408 if part of a head arrived, then close. */
+export function expireHead(host: SessionHost, s: Session): void {
+  const logger = host.ctx.logger;
+  s.timedOut = true;
+  s.waitingHead = false;
+  if (!s.headStarted) {
+    // A fresh connection that sent nothing ran into the head timeout; a kept-alive one idled.
+    logger.log("debug", s.requests === 0 ? "header-timeout" : "idle-timeout", { client: peer(s.conn) });
+    closeQuietly(s.conn);
+    return;
+  }
+  logger.log("info", "header-timeout", { client: peer(s.conn) });
+  const error = new ProxyError("Request head not received in time", { status: 408, code: "header-timeout" });
+  if (host.hooks === null || host.hooks.onError === null) {
+    s.draft.status = 408;
+    s.draft.error = error.code;
+    writeThenClose(s.conn, errorResponse(error));
+    return;
+  }
+  // onError may answer (and may take its time): the session's pending read ends at the close.
+  s.timeoutAnswer = answerError(host.ctx, s, error).finally(() => closeQuietly(s.conn));
+}
