@@ -142,7 +142,9 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
     if (!await client.reader.readHead(parser)) throw new Error("no head");
     client.finalHeadSent = false;
     // What the server does per exchange when hooks are set.
-    if (ctx.hooks !== null) client.hook = { ctx: { client: address, connectionId: 1, locals: {}, signal }, req: null };
+    if (ctx.hooks !== null) {
+      client.hook = { ctx: { client: address, connectionId: 1, locals: {}, signal }, req: null, responded: false };
+    }
     if (!await handleRequest(ctx, client, parser.requestHead())) throw new Error("not kept alive");
   };
 }

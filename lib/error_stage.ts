@@ -44,8 +44,12 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
   // An incomplete request (the client half-closed mid-head or mid-body) still gets its
   // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
   if (s.finalHeadSent) return;
+  // Each exchange ends in exactly one of onResponse or onError: a failing onResponse is answered by the proxy.
   const hooks = ctx.hooks;
-  if (hooks !== null && hooks.onError !== null && s.hook !== null && await answerWithHook(ctx, s, failure)) return;
+  const hook = s.hook;
+  if (hooks !== null && hooks.onError !== null && hook !== null && !hook.responded) {
+    if (await answerWithHook(ctx, s, failure)) return;
+  }
   s.draft.status = failure.status;
   try {
     await writeAll(s.out, errorResponse(error, true, s.method === "HEAD"));

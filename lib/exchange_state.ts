@@ -47,6 +47,8 @@ export interface ExchangeHooks {
   readonly ctx: HookContext;
   /** The request as hooks see it, once made (absolute-form requests only). */
   req: HookRequest | null;
+  /** Set once onResponse ran: the exchange then never goes to onError (exactly one of the two). */
+  responded: boolean;
 }
 
 /** The client side of an exchange. */

@@ -22,7 +22,7 @@ import {
   stripHopByHop,
   viaField,
 } from "./fields.ts";
-import { contentLength, type Framing, requestFraming, responseFraming } from "./framing.ts";
+import { clientFraming, type Framing, requestFraming, responseFraming } from "./framing.ts";
 import { HeadParser, type RequestHead, type ResponseHead } from "./head.ts";
 import {
   type Answer,
@@ -97,12 +97,11 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
   if (head.method === "CONNECT") return await connectTunnel(ctx, client, head);
-  const verdict = targetVerdict(head);
-  if (verdict.kind === "proxy") {
+  const dest = targetVerdict(head);
+  if (dest === null) {
     // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7): not an absolute-form request, no hooks.
     return await answerLocally(ctx, client, head, optionsAnswer(), persistent && !hasBody, null);
   }
-  const dest = verdict.target;
   checkLoop(fields, ctx.options.via);
   const maxForwards = maxForwardsOf(head);
   // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
@@ -120,32 +119,15 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   if (builtin !== null) return await answerLocally(ctx, client, head, builtin, persistent && !hasBody, null);
 
   // Stage: request policy, the user's onRequest.
-  let hostname = dest.hostname;
-  let port = dest.port;
-  let path = dest.path;
+  let route: Route = dest;
   if (hreq !== null) {
-    const onRequest = hooks!.onRequest;
-    if (onRequest !== null) {
-      const hctx = client.hook!.ctx;
-      const request = hreq;
-      const result = callHook(client, ctx, "onRequest", () => onRequest(request, hctx));
-      const reply = isThenable(result) ? await result : result;
-      if (reply !== undefined && reply !== null) {
-        const answer = normalizeReply(reply);
-        if (answer === null) throw new HookError("onRequest", "invalid");
-        const wire = hreq.body.wire;
-        return await answerLocally(ctx, client, head, answer, persistent, wire.done ? null : wire);
-      }
-      if (!isValidDestination(hreq.destination)) throw new HookError("onRequest", "invalid");
-      ({ hostname, port } = hreq.destination);
-      path = hreq.path;
+    if (hooks!.onRequest !== null) {
+      let answered: boolean | null | Promise<boolean | null> = onRequestStage(ctx, client, head, hreq, persistent);
+      if (isThenable(answered)) answered = await answered;
+      if (answered !== null) return answered;
+      route = { hostname: hreq.destination.hostname, port: hreq.destination.port, path: hreq.path };
     }
-    if (hreq.fieldsNeedCheck) {
-      out = finishHookFields(hreq.currentFields, "onRequest", keep);
-      const hosts = getAll(out, "host").length;
-      if (hosts > 1) throw new HookError("onRequest", "invalid");
-      if (hosts === 0) out.unshift(["Host", dest.authority]);
-    }
+    if (hreq.fieldsNeedCheck) out = finishRequestFields(hreq, keep, dest.authority);
   }
   if (upgrade) out.push(["Connection", "Upgrade"]);
 
@@ -156,51 +138,110 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   hreq?.seal("The request body has been forwarded already");
   // The head is built in a recycled buffer, kept until no retry can need it again.
   const scratch = takeBuffer(SCRATCH_BYTES);
-  const requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, out, send.inline, scratch);
-  // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
-  // (head and any body) is in `requestHead` and can be sent again.
-  const retryable = IDEMPOTENT.has(head.method) && send.body.done && send.drain === null;
-  const auth = hasConnectionAuth(getAll(fields, "authorization"));
-  const key = `${hostname}:${port}`;
-  const draft = client.draft;
   try {
-    for (let attempt = 0;; attempt++) {
-      // Stage: route. A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
-      const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
-      if (pinned !== null) {
-        client.pinned = null;
-        pinned.reused = true; // it may have gone stale while idle: the retry rules apply
-      }
-      let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
-      if (up === null) {
-        const started = draft.timed ? performance.now() : 0;
-        up = await ctx.pool.open(hostname, port);
-        if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
-      }
-      client.upstream = up.conn;
-      draft.upstream = up.conn;
-      draft.reused = up.reused;
-      try {
-        const plan: Plan = {
-          req: head,
-          persistent,
-          requestHead,
-          send,
-          upgrade,
-          canRetry: retryable && up.reused,
-          pin: auth || pinned !== null,
-          tokens,
-          hreq,
-        };
-        const result = await exchange(ctx, client, up, plan);
-        if (result !== RETRY) return result;
-        ctx.logger.log("debug", "upstream-retry", { origin: up.key });
-      } finally {
-        client.upstream = null;
-      }
-    }
+    const requestHead = serializeHead(`${head.method} ${route.path} HTTP/1.1`, out, send.inline, scratch);
+    const plan: Plan = {
+      req: head,
+      persistent,
+      requestHead,
+      send,
+      upgrade,
+      // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
+      // (head and any body) is in `requestHead` and can be sent again.
+      canRetry: IDEMPOTENT.has(head.method) && send.body.done && send.drain === null,
+      pin: hasConnectionAuth(getAll(fields, "authorization")),
+      tokens,
+      hreq,
+      pumping: null,
+      clientError: null,
+      upstreamWriteFailed: false,
+      discard: false,
+      headSeen: false,
+    };
+    return await routeAndSend(ctx, client, route, plan);
   } finally {
     giveBuffer(scratch); // every write of requestHead has settled by now
+  }
+}
+
+/** Where the request goes: the connection's host and port, and the request-target sent. */
+interface Route {
+  readonly hostname: string;
+  readonly port: number;
+  readonly path: string;
+}
+
+/**
+ * Stage: the user's onRequest. Returns null when the exchange goes on, or the
+ * answer's keep-alive (a promise of it) when a hook answered. No promise when
+ * the hook is synchronous and does not answer.
+ */
+function onRequestStage(
+  ctx: ExchangeContext,
+  client: ClientSide,
+  head: RequestHead,
+  hreq: HookRequest,
+  persistent: boolean,
+): null | Promise<boolean | null> {
+  const onRequest = ctx.hooks!.onRequest!;
+  const hctx = client.hook!.ctx;
+  const after = (reply: Reply | void): null | Promise<boolean> => {
+    if (reply === undefined || reply === null) {
+      if (!isValidDestination(hreq.destination)) throw new HookError("onRequest", "invalid");
+      return null;
+    }
+    const answer = normalizeReply(reply);
+    if (answer === null) throw new HookError("onRequest", "invalid");
+    const wire = hreq.body.wire;
+    return answerLocally(ctx, client, head, answer, persistent, wire.done ? null : wire);
+  };
+  const result = callHook(client, ctx, "onRequest", () => onRequest(hreq, hctx));
+  return isThenable(result) ? result.then(after) : after(result);
+}
+
+/** The fields a hook left, checked again; `Host` kept single (and restored if a hook removed it). */
+function finishRequestFields(hreq: HookRequest, keep: ReadonlySet<string> | undefined, authority: string): Field[] {
+  const out = finishHookFields(hreq.currentFields, "onRequest", keep);
+  const hosts = getAll(out, "host").length;
+  if (hosts > 1) throw new HookError("onRequest", "invalid");
+  if (hosts === 0) out.unshift(["Host", authority]);
+  return out;
+}
+
+/**
+ * Stages: route (destination → pinned, pooled or new connection) and send, with
+ * one retry on a fresh connection when a pooled one turns out stale.
+ */
+async function routeAndSend(ctx: ExchangeContext, client: ClientSide, route: Route, plan: Plan): Promise<boolean> {
+  const key = `${route.hostname}:${route.port}`;
+  const draft = client.draft;
+  const retryable = plan.canRetry;
+  const auth = plan.pin;
+  for (let attempt = 0;; attempt++) {
+    // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
+    const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
+    if (pinned !== null) {
+      client.pinned = null;
+      pinned.reused = true; // it may have gone stale while idle: the retry rules apply
+    }
+    let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
+    if (up === null) {
+      const started = draft.timed ? performance.now() : 0;
+      up = await ctx.pool.open(route.hostname, route.port);
+      if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
+    }
+    client.upstream = up.conn;
+    draft.upstream = up.conn;
+    draft.reused = up.reused;
+    try {
+      plan.canRetry = retryable && up.reused;
+      plan.pin = auth || pinned !== null;
+      const result = await exchange(ctx, client, up, plan);
+      if (result !== RETRY) return result;
+      ctx.logger.log("debug", "upstream-retry", { origin: up.key });
+    } finally {
+      client.upstream = null;
+    }
   }
 }
 
@@ -288,12 +329,9 @@ interface Plan {
   tokens: ReadonlySet<string>;
   /** The request as hooks saw it (null without hooks). */
   hreq: HookRequest | null;
-}
-
-/** The request body streaming to the origin while the response is awaited. */
-interface Pump {
+  // The request body streaming to the origin while the response is awaited (reset per attempt):
   /** Settles when the whole body (and any drained original) has been read; null when there was none. */
-  promise: Promise<void> | null;
+  pumping: Promise<void> | null;
   /** Set when reading the client's body failed. */
   clientError: unknown;
   /** Set when the origin stopped reading. */
@@ -340,27 +378,42 @@ async function exchange(
   };
   client.inBody = true;
   client.activity = coarseNow();
-  const pump: Pump = { promise: null, clientError: null, upstreamWriteFailed: false, discard: false, headSeen: false };
-  if (send.body.done && send.drain === null) startResponseTimer();
-  else pump.promise = pumpRequestBody(client, up, plan, pump, startResponseTimer);
+  plan.clientError = null;
+  plan.upstreamWriteFailed = false;
+  plan.discard = false;
+  plan.headSeen = false;
+  plan.pumping = send.body.done && send.drain === null ? null : pumpRequestBody(client, up, plan, startResponseTimer);
+  if (plan.pumping === null) startResponseTimer();
 
   // Stage: response head (interim responses relayed, then the final head).
-  let res: ResponseHead | typeof RETRY;
+  let res: ResponseHead;
   try {
-    res = await readFinalHead(ctx, client, up, plan, pump);
+    while (true) {
+      const parser = new HeadParser("response", ctx.responseLimits);
+      let got: boolean;
+      try {
+        got = await up.reader.readHead(parser);
+      } catch (error) {
+        return headFailed(client, up, plan, parser, error);
+      }
+      if (!got) return headFailed(client, up, plan, parser, null);
+      res = parser.responseHead();
+      if (isFinalHead(res, plan, up)) break;
+      // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
+      if (plan.req.minor === 1) await writeOrDrop(client.out, interimHead(ctx, res), up.conn);
+    }
   } finally {
-    pump.headSeen = true; // the pump must not start a timer from now on
+    plan.headSeen = true; // the pump must not start a timer from now on
     watch.upstream = null; // the exchange moved on: the connection may be pooled for others now
     client.responseDeadline = 0;
     client.inBody = true;
     client.activity = coarseNow();
   }
-  if (res === RETRY) return RETRY;
   if (client.draft.timed) {
     client.draft.firstByteMs = Math.round((performance.now() - client.draft.startedAt) * 100) / 100;
   }
   if (res.status === 101) return await switchProtocols(ctx, client, res, up);
-  return await respond(ctx, client, up, plan, pump, res);
+  return await respond(ctx, client, up, plan, res);
 }
 
 /** Streams the request body (and drains a replaced original), then starts the response timer. */
@@ -368,9 +421,9 @@ async function pumpRequestBody(
   client: ClientSide,
   up: UpstreamConn,
   plan: Plan,
-  pump: Pump,
   startResponseTimer: () => void,
 ): Promise<void> {
+  const pump = plan;
   const { body, drain } = plan.send;
   if (!body.done) {
     const writer: BodyWriter = plan.send.chunked ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
@@ -414,63 +467,57 @@ async function pumpRequestBody(
   if (!pump.headSeen) startResponseTimer();
 }
 
-/** Reads response heads until a final one (or a 101), relaying 1xx to HTTP/1.1 clients. */
-async function readFinalHead(
-  ctx: ExchangeContext,
+/**
+ * Why reading the origin's response head failed (`error` null: a clean close
+ * before any byte): our doing (client side, deadline), a retry on a fresh
+ * connection, or a 502. Returns RETRY or throws.
+ */
+function headFailed(
   client: ClientSide,
   up: UpstreamConn,
   plan: Plan,
-  pump: Pump,
-): Promise<ResponseHead | typeof RETRY> {
-  const watch = client.resetWatch!;
-  /** Why the response read failed when it was our doing: the client side or the deadline. */
-  const throwIfAbandoned = () => {
-    if (pump.clientError !== null) throw pump.clientError;
-    if (watch.gone) throw new PrematureEofError("The client reset the connection while waiting for the origin");
-    if (client.responseTimedOut) {
-      throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
-    }
-  };
-  while (true) {
-    const parser = new HeadParser("response", ctx.responseLimits);
-    let got: boolean;
-    try {
-      got = await up.reader.readHead(parser);
-    } catch (error) {
-      closeQuietly(up.conn);
-      throwIfAbandoned();
-      if (error instanceof ProxyError && !(error instanceof PrematureEofError)) {
-        throw new UpstreamError("The origin sent an invalid response head", "upstream-bad-response", error);
-      }
-      if (plan.canRetry && !parser.started) return RETRY;
-      throw new UpstreamError(
-        parser.started ? "The origin closed the connection mid-response" : "The origin reset the connection",
-        parser.started ? "upstream-truncated-head" : "upstream-reset",
-        error,
-      );
-    }
-    if (!got) {
-      closeQuietly(up.conn);
-      throwIfAbandoned();
-      if (plan.canRetry) return RETRY;
-      throw new UpstreamError("The origin closed the connection without a response", "upstream-closed");
-    }
-    const res = parser.responseHead();
-    if (res.status >= 200) return res;
-    if (res.status === 101) {
-      if (!plan.upgrade) {
-        closeQuietly(up.conn);
-        throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
-      }
-      return res;
-    }
-    // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
-    if (plan.req.minor === 1) {
-      const interim = stripHopByHop(res.fields, connectionTokens(res.fields));
-      interim.push(viaField(ctx.options.via, res.minor));
-      await writeOrDrop(client.out, serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, interim), up.conn);
-    }
+  parser: HeadParser,
+  error: unknown,
+): typeof RETRY {
+  closeQuietly(up.conn);
+  if (plan.clientError !== null) throw plan.clientError;
+  if (client.resetWatch!.gone) {
+    throw new PrematureEofError("The client reset the connection while waiting for the origin");
   }
+  if (client.responseTimedOut) {
+    throw new UpstreamTimeoutError("Timed out waiting for the origin's response", "upstream-response-timeout");
+  }
+  if (error === null) {
+    if (plan.canRetry) return RETRY;
+    throw new UpstreamError("The origin closed the connection without a response", "upstream-closed");
+  }
+  if (error instanceof ProxyError && !(error instanceof PrematureEofError)) {
+    throw new UpstreamError("The origin sent an invalid response head", "upstream-bad-response", error);
+  }
+  if (plan.canRetry && !parser.started) return RETRY;
+  throw new UpstreamError(
+    parser.started ? "The origin closed the connection mid-response" : "The origin reset the connection",
+    parser.started ? "upstream-truncated-head" : "upstream-reset",
+    error,
+  );
+}
+
+/** Whether a response head ends the wait (a final status, or a 101 that was asked for). */
+function isFinalHead(res: ResponseHead, plan: Plan, up: UpstreamConn): boolean {
+  if (res.status >= 200) return true;
+  if (res.status !== 101) return false;
+  if (!plan.upgrade) {
+    closeQuietly(up.conn);
+    throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
+  }
+  return true;
+}
+
+/** An interim (1xx) response head as relayed to the client. */
+function interimHead(ctx: ExchangeContext, res: ResponseHead): Uint8Array {
+  const interim = stripHopByHop(res.fields, connectionTokens(res.fields));
+  interim.push(viaField(ctx.options.via, res.minor));
+  return serializeHead(`HTTP/1.1 ${res.status} ${res.reason}`, interim);
 }
 
 /** What goes to the client once the response head stage is done. */
@@ -493,9 +540,9 @@ async function respond(
   client: ClientSide,
   up: UpstreamConn,
   plan: Plan,
-  pump: Pump,
   res: ResponseHead,
 ): Promise<boolean> {
+  const pump = plan;
   const req = plan.req;
   let resFraming: Framing;
   try {
@@ -513,19 +560,35 @@ async function respond(
   fields.push(viaField(ctx.options.via, res.minor));
   // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
   if (!has(res.fields, "date")) fields.push(["Date", httpDate()]);
-  let outgoing: Outgoing = { status: res.status, reason: res.reason, fields, own: null, wire: null, abandoned: false };
+  let keepOpen: boolean | null;
+  let wire: BodyReader | null = null;
+  let abandoned = false;
+  let outgoing: Outgoing | null = null;
   if (ctx.hooks !== null && ctx.hooks.onResponse !== null && plan.hreq !== null) {
     try {
-      const hooked = responseHooks(ctx, client, up, plan, res, resFraming, outgoing);
+      const hooked = responseHooks(ctx, client, up, plan, res, resFraming, fields);
       outgoing = isThenable(hooked) ? await hooked : hooked;
     } catch (error) {
       closeQuietly(up.conn);
       throw error;
     }
+    ({ wire, abandoned } = outgoing);
   }
-  const keepOpen = outgoing.own === null
-    ? await relayWireBody(ctx, client, up, plan, res, resFraming, resTokens, outgoing, clientClose)
-    : await sendOwnBody(client, up, req, outgoing, clientClose);
+  // Stage: body relay, of the origin's body (re-framed) or one a hook produced.
+  if (outgoing === null || outgoing.own === null) {
+    const head = wireResponseHead(up, plan, res, resFraming, outgoing?.fields ?? fields, clientClose, outgoing);
+    try {
+      await writeOrDrop(client.out, head.bytes, up.conn);
+    } finally {
+      giveBuffer(head.scratch);
+    }
+    client.finalHeadSent = true;
+    client.draft.status = head.status;
+    const body = bodyReader(up.reader, head.rest, ctx.responseChunkedLimits);
+    // A body that went out whole with the head needs no copy (and no async frame).
+    const copied = (body.done && !head.chunked) || await copyWireBody(ctx, client, up, body, head.chunked, resTokens);
+    keepOpen = copied ? !head.clientClose : null;
+  } else keepOpen = await sendOwnBody(client, up, req, outgoing, clientClose);
   if (keepOpen === null) return false; // aborted mid-body
 
   // Stage: settle.
@@ -536,16 +599,16 @@ async function respond(
     pump.discard = true;
     closeQuietly(up.conn);
     await closeWriteQuietly(client.conn);
-    await settleWithin(pump.promise, LINGER_MS);
+    await settleWithin(pump.pumping, LINGER_MS);
     return false;
   }
-  if (pump.promise !== null) await pump.promise;
-  if (pump.clientError !== null || pump.upstreamWriteFailed || outgoing.abandoned) {
+  if (pump.pumping !== null) await pump.pumping;
+  if (pump.clientError !== null || pump.upstreamWriteFailed || abandoned) {
     closeQuietly(up.conn);
     return false;
   }
   const reusable = res.minor === 1 && !resTokens.has("close") && resFraming.kind !== "close" &&
-    (outgoing.wire === null || outgoing.wire.done);
+    (wire === null || wire.done);
   // NTLM and Negotiate authenticate the connection, not the request (RFC 4559 §4): such a
   // connection is kept for this client alone and never handed to another one.
   const pin = plan.pin || (res.status === 401 && hasConnectionAuth(getAll(res.fields, "www-authenticate")));
@@ -569,13 +632,14 @@ function responseHooks(
   plan: Plan,
   res: ResponseHead,
   resFraming: Framing,
-  outgoing: Outgoing,
+  fields: Field[],
 ): Outgoing | Promise<Outgoing> {
   const wire = bodyReader(up.reader, resFraming, ctx.responseChunkedLimits);
-  const hres = new HookResponse(res.status, res.reason, outgoing.fields, wire, plan.req.method);
+  const hres = new HookResponse(res.status, res.reason, fields, wire, plan.req.method);
   const onResponse = ctx.hooks!.onResponse!;
   const hctx = client.hook!.ctx;
   const hreq = plan.hreq!;
+  client.hook!.responded = true;
   const result = callHook(client, ctx, "onResponse", () => onResponse(hres, hreq, hctx));
   const settle = (reply: Reply | void): Outgoing => {
     if (reply === undefined || reply === null) return checkedResponse(hres, wire, res.status);
@@ -617,65 +681,57 @@ function checkedResponse(hres: HookResponse, wire: BodyReader, originalStatus: n
   return { status, reason: hres.reason, fields, own: null, wire: null, abandoned: false };
 }
 
+/** The response head toward the client for the origin's body, and how that body continues. */
+interface WireHead {
+  /** The head, with whatever part of a Content-Length body was already buffered (in `scratch`). */
+  bytes: Uint8Array;
+  scratch: Uint8Array;
+  status: number;
+  /** The rest of the origin's body to copy. */
+  rest: Framing;
+  chunked: boolean;
+  clientClose: boolean;
+}
+
 /**
- * Body relay of the origin's body with its framing re-chosen for the client.
- * Resolves to whether the client connection stays open, or null when the
- * exchange was aborted mid-body.
+ * The head for relaying the origin's body, its framing re-chosen for the client
+ * (synchronous: the hot path awaits only the write).
  */
-async function relayWireBody(
-  ctx: ExchangeContext,
-  client: ClientSide,
+function wireResponseHead(
   up: UpstreamConn,
   plan: Plan,
   res: ResponseHead,
   resFraming: Framing,
-  resTokens: ReadonlySet<string>,
-  outgoing: Outgoing,
+  fields: Field[],
   clientClose: boolean,
-): Promise<boolean | null> {
-  const req = plan.req;
-  const fields = outgoing.fields;
-  let chunkedToClient = false;
-  switch (resFraming.kind) {
-    case "none": {
-      // HEAD and 304 responses keep the length they announce, if it is a valid one.
-      if (res.status !== 204 && res.status >= 200) {
-        let length = -1;
-        try {
-          length = contentLength(res.fields);
-        } catch {
-          // An invalid length on a body-less response is dropped rather than relayed.
-        }
-        if (length >= 0) fields.push(["Content-Length", String(length)]);
-      }
+  /** The status and reason a hook set (else the origin's). */
+  hooked: Outgoing | null,
+): WireHead {
+  const framing = clientFraming(res, resFraming, plan.req.minor);
+  switch (framing.kind) {
+    case "unsendable":
+      closeQuietly(up.conn);
+      throw new UpstreamError(
+        "The origin used a transfer coding an HTTP/1.0 client cannot receive",
+        "upstream-coding-for-http10",
+      );
+    case "none":
+    case "length":
+      if (framing.length >= 0) fields.push(["Content-Length", String(framing.length)]);
+      break;
+    case "chunked": {
+      const codings = framing.codings;
+      fields.push(["Transfer-Encoding", codings.length > 0 ? `${codings.join(", ")}, chunked` : "chunked"]);
       break;
     }
-    case "length":
-      fields.push(["Content-Length", String(resFraming.length)]);
-      break;
-    case "chunked":
     case "close":
-      if (req.minor === 1) {
-        // Codings other than chunked stay applied to the body and stay listed (RFC 9112 §6.1).
-        const codings = resFraming.codings;
-        fields.push(["Transfer-Encoding", codings.length > 0 ? `${codings.join(", ")}, chunked` : "chunked"]);
-        chunkedToClient = true;
-      } else {
-        if (resFraming.codings.length > 0) {
-          closeQuietly(up.conn);
-          throw new UpstreamError(
-            "The origin used a transfer coding an HTTP/1.0 client cannot receive",
-            "upstream-coding-for-http10",
-          );
-        }
-        clientClose = true; // an HTTP/1.0 client sees the end of the body as the close
-      }
+      clientClose = true; // an HTTP/1.0 client sees the end of the body as the close
       break;
   }
+  const chunked = framing.kind === "chunked";
   // Without chunked framing to the client there is no trailer section to announce.
-  if (!chunkedToClient) dropField(fields, "trailer");
+  if (!chunked) dropField(fields, "trailer");
   if (clientClose) fields.push(["Connection", "close"]);
-
   // Whatever part of a Content-Length body is already buffered goes out with the head.
   let inline: Uint8Array | null = null;
   let rest = resFraming;
@@ -683,34 +739,41 @@ async function relayWireBody(
     inline = up.reader.take(Math.min(resFraming.length, up.reader.buffered))!;
     rest = { kind: "length", length: resFraming.length - inline.length };
   }
+  const status = hooked?.status ?? res.status;
   const scratch = takeBuffer(SCRATCH_BYTES);
-  try {
-    const bytes = serializeHead(`HTTP/1.1 ${outgoing.status} ${outgoing.reason}`, fields, inline, scratch);
-    await writeOrDrop(client.out, bytes, up.conn);
-  } finally {
-    giveBuffer(scratch);
-  }
-  client.finalHeadSent = true;
-  client.draft.status = outgoing.status;
+  const bytes = serializeHead(`HTTP/1.1 ${status} ${hooked?.reason ?? res.reason}`, fields, inline, scratch);
+  return { bytes, scratch, status, rest, chunked, clientClose };
+}
 
-  const resBody = bodyReader(up.reader, rest, ctx.responseChunkedLimits);
-  const writer: BodyWriter = chunkedToClient ? new ChunkedBodyWriter(client.out) : new RawBodyWriter(client.out);
+/**
+ * Copies the origin's body to the client. After the head is on the wire a
+ * failure can only abort: never fake a complete body. Resolves to false when
+ * it aborted (both connections closed or unusable).
+ */
+async function copyWireBody(
+  ctx: ExchangeContext,
+  client: ClientSide,
+  up: UpstreamConn,
+  body: BodyReader,
+  chunked: boolean,
+  resTokens: ReadonlySet<string>,
+): Promise<boolean> {
+  const writer: BodyWriter = chunked ? new ChunkedBodyWriter(client.out) : new RawBodyWriter(client.out);
   // (A body that went out whole with the head needs no loop: an identity writer has no end.)
-  while (!resBody.done || chunkedToClient) {
+  while (!body.done || chunked) {
     let data: Uint8Array | null;
     try {
-      data = await resBody.next();
+      data = await body.next();
       client.activity = coarseNow();
     } catch (error) {
-      // After the head is on the wire a failure can only abort: never fake a complete body.
       closeQuietly(up.conn);
       client.draft.error = "upstream-body-failed";
       ctx.logger.log("warn", "upstream-body-failed", { origin: up.key, error: describe(error) });
-      return null;
+      return false;
     }
     try {
       if (data === null) {
-        await writer.end(chunkedToClient ? endToEndTrailers(resBody.trailers, resTokens) : []);
+        await writer.end(chunked ? endToEndTrailers(body.trailers, resTokens) : []);
         break;
       }
       await writer.write(data);
@@ -719,10 +782,10 @@ async function relayWireBody(
       // The client went away mid-response; the origin side cannot be reused.
       closeQuietly(up.conn);
       client.draft.error = "client-gone";
-      return null;
+      return false;
     }
   }
-  return !clientClose;
+  return true;
 }
 
 /**

@@ -128,3 +128,45 @@ export function responseFraming(head: ResponseHead, method: string): Framing {
   const length = contentLength(head.fields);
   return length >= 0 ? { kind: "length", length } : CLOSE;
 }
+
+/** How the origin's body is framed toward the client. */
+export type ClientFraming =
+  /** `Content-Length: length`. */
+  | { kind: "length"; length: number }
+  /** No body; `length` is the Content-Length to keep (HEAD, 304), or -1 for none. */
+  | { kind: "none"; length: number }
+  /** Chunked for an HTTP/1.1 client, with the origin's other codings still applied and listed. */
+  | { kind: "chunked"; codings: readonly string[] }
+  /** Until the close, for an HTTP/1.0 client. */
+  | { kind: "close" }
+  /** An HTTP/1.0 client cannot receive a body with transfer codings other than chunked. */
+  | { kind: "unsendable" };
+
+/**
+ * Re-chooses the framing of an origin's response body for the client (RFC 9112
+ * §6.1, §6.3, §7): a length stays a length; chunked and close-delimited bodies
+ * go chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0 clients, which
+ * cannot receive other transfer codings at all. A body-less response keeps a
+ * valid Content-Length it announced (HEAD, 304), never for 1xx or 204.
+ */
+export function clientFraming(res: ResponseHead, framing: Framing, clientMinor: number): ClientFraming {
+  switch (framing.kind) {
+    case "none": {
+      let length = -1;
+      if (res.status !== 204 && res.status >= 200) {
+        try {
+          length = contentLength(res.fields);
+        } catch {
+          // An invalid length on a body-less response is dropped rather than relayed.
+        }
+      }
+      return { kind: "none", length };
+    }
+    case "length":
+      return { kind: "length", length: framing.length };
+    case "chunked":
+    case "close":
+      if (clientMinor === 1) return { kind: "chunked", codings: framing.codings };
+      return framing.codings.length > 0 ? { kind: "unsendable" } : { kind: "close" };
+  }
+}

@@ -20,6 +20,8 @@ export interface HookWatch {
   hookName: HookName | null;
   /** Fails the awaited hook (called by the sweeper on expiry). */
   hookExpire: ((error: HookError) => void) | null;
+  /** Called when a hook goes asynchronous (the session then watches the client for a reset). */
+  hookWaiting?: () => void;
 }
 
 /** How long hooks may take, and the sweeper's tick (clock.ts `deadlineIn`). */
@@ -52,6 +54,7 @@ export function callHook<T>(
     throw hookFailure(name, error);
   }
   if (!isThenable(result)) return result as T;
+  watch.hookWaiting?.();
   return new Promise<T>((resolve, reject) => {
     let settled = false;
     const expire = (error: HookError) => finish(() => reject(error));

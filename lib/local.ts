@@ -73,6 +73,7 @@ async function answerHooks(
   const onResponse = ctx.hooks!.onResponse!;
   const hreq = client.hook!.req!;
   const hctx = client.hook!.ctx;
+  client.hook!.responded = true;
   const result = callHook(client, ctx, "onResponse", () => onResponse(hres, hreq, hctx));
   const reply = isThenable(result) ? await result : result;
   if (reply !== undefined && reply !== null) {

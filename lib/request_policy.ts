@@ -44,21 +44,18 @@ export function isPersistent(minor: number, tokens: ReadonlySet<string>, stoppin
   return !stopping && minor === 1 && !tokens.has("close");
 }
 
-/** What the request-target asks for: the proxy itself (`OPTIONS *`) or an origin. */
-export type TargetVerdict = { kind: "proxy" } | { kind: "origin"; target: AbsoluteTarget };
-
 /**
  * Classifies a non-CONNECT request-target (RFC 9112 §3.2): asterisk-form is
- * only for OPTIONS and addresses the proxy; origin-form is not for a proxy;
- * absolute-form is parsed.
+ * only for OPTIONS and addresses the proxy itself (null); origin-form is not for
+ * a proxy; absolute-form is parsed into where it goes.
  *
  * @throws {ParseError} `invalid-target`, `origin-form-to-proxy`, or a target parse error.
  */
-export function targetVerdict(head: RequestHead): TargetVerdict {
+export function targetVerdict(head: RequestHead): AbsoluteTarget | null {
   const target = head.target;
   if (target === "*") {
     if (head.method !== "OPTIONS") throw new ParseError("Asterisk-form is only valid for OPTIONS", "invalid-target");
-    return { kind: "proxy" };
+    return null;
   }
   if (target.charCodeAt(0) === 0x2f) {
     throw new ParseError(
@@ -66,7 +63,7 @@ export function targetVerdict(head: RequestHead): TargetVerdict {
       "origin-form-to-proxy",
     );
   }
-  return { kind: "origin", target: parseAbsoluteTarget(target, head.method) };
+  return parseAbsoluteTarget(target, head.method);
 }
 
 /**

@@ -101,6 +101,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       closeQuietly(s.conn);
       s.reader.dispose(); // its buffers go back for the next connection
       if (s.pinned !== null) closeQuietly(s.pinned.conn);
+      s.ended = true;
       s.hookAbort?.abort();
       sessions.delete(s);
       perClient.remove(address);
@@ -128,6 +129,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       await drainSessions(sessions, graceMs, logger);
       abort.abort();
       for (const s of sessions) {
+        s.ended = true; // the proxy stops: hooks still running see an aborted signal
         s.hookAbort?.abort();
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);

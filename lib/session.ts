@@ -36,10 +36,12 @@ export interface Session extends ClientSide, Swept {
   done: Promise<void>;
   /** Numbers client connections for hooks and records. */
   readonly id: number;
-  /** The client's address (made only when hooks are set). */
+  /** The client's address (made when a hook or record first needs it). */
   client: { hostname: string; port: number } | null;
-  /** Aborted when the connection ends or the proxy stops (made only when hooks are set). */
+  /** Aborted when the connection ends or the proxy stops (made when a hook first reads `ctx.signal`). */
   hookAbort: AbortController | null;
+  /** Set when the connection has ended (a signal made after that is aborted from the start). */
+  ended: boolean;
 }
 
 /** What sessions share with the server. */
@@ -71,6 +73,7 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     id: nextId++,
     client: null,
     hookAbort: null,
+    ended: false,
     timeoutAnswer: null,
     finalHeadSent: false,
     upstream: null,
@@ -89,11 +92,9 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     resetWatch: undefined,
     done: Promise.resolve(),
   };
-  if (hooks !== null) {
-    const a = conn.remoteAddr as Deno.NetAddr;
-    session.client = Object.freeze({ hostname: a.hostname, port: a.port });
-    session.hookAbort = new AbortController();
-  }
+  // While a hook is pending nothing reads the client: a read started then notices a reset
+  // and aborts ctx.signal. (Bytes it gets stay buffered for the exchange; a FIN is a half-close.)
+  if (hooks !== null) session.hookWaiting = () => watchClient(session);
   // Bytes to the client are counted only when a record is made (one promise less per write otherwise).
   if (onExchangeEnd !== null) {
     (session as { out: Writable }).out = {
@@ -118,7 +119,6 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     s.finalHeadSent = false;
     s.method = "";
     resetDraft(s.draft);
-    if (host.hooks !== null) s.hook = { ctx: hookContext(s), req: null };
     const inStart = s.reader.consumed;
     const outStart = s.written;
     let head: RequestHead | null;
@@ -128,11 +128,16 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
       if (error === TIMEOUT) {
         if (s.timeoutAnswer === null) return;
         await s.timeoutAnswer;
-      } else await answerError(ctx, s, error);
+      } else {
+        startHooks(host, s);
+        await answerError(ctx, s, error);
+      }
       endExchange(host, s, null, inStart, outStart);
       return;
     }
     if (head === null) return;
+    // The hook context is made when a request is there (an idle keep-alive connection holds none).
+    startHooks(host, s);
     if (s.draft.timed) s.draft.startedAt = performance.now();
     s.method = head.method;
     s.requests++;
@@ -153,8 +158,41 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
   }
 }
 
-function hookContext(s: Session): HookContext {
-  return { client: s.client!, connectionId: s.id, locals: {}, signal: s.hookAbort!.signal };
+/** Gives the exchange its hook context when hooks are set. */
+function startHooks(host: SessionHost, s: Session): void {
+  if (host.hooks !== null && s.hook === null) s.hook = { ctx: new SessionHookContext(s), req: null, responded: false };
+}
+
+/** A hook context whose address and signal are made on first use. */
+class SessionHookContext implements HookContext {
+  readonly locals: Record<string, unknown> = {};
+  readonly #s: Session;
+  constructor(s: Session) {
+    this.#s = s;
+  }
+  get client(): { hostname: string; port: number } {
+    return clientOf(this.#s);
+  }
+  get connectionId(): number {
+    return this.#s.id;
+  }
+  get signal(): AbortSignal {
+    const s = this.#s;
+    if (s.hookAbort === null) {
+      s.hookAbort = new AbortController();
+      if (s.ended) s.hookAbort.abort();
+    }
+    return s.hookAbort.signal;
+  }
+}
+
+/** The session's client address (made once). */
+function clientOf(s: Session): { hostname: string; port: number } {
+  if (s.client === null) {
+    const a = s.conn.remoteAddr as Deno.NetAddr;
+    s.client = Object.freeze({ hostname: a.hostname, port: a.port });
+  }
+  return s.client;
 }
 
 /** The record stage: one record per exchange or tunnel, to onExchangeEnd. */
@@ -171,7 +209,7 @@ function endExchange(
   const record: ExchangeRecord = buildRecord(s.draft, {
     method: head?.method ?? "",
     target: head?.target ?? "",
-    client: s.client!,
+    client: clientOf(s),
     connectionId: s.id,
     inStart,
     outStart,
@@ -245,5 +283,23 @@ export function expireHead(host: SessionHost, s: Session): void {
     return;
   }
   // onError may answer (and may take its time): the session's pending read ends at the close.
+  startHooks(host, s);
   s.timeoutAnswer = answerError(host.ctx, s, error).finally(() => closeQuietly(s.conn));
+}
+
+/** Starts a client read if none is running, so a reset during an asynchronous hook aborts `ctx.signal`. */
+function watchClient(s: Session): void {
+  const reader = s.reader;
+  if (reader.buffered > 0 || reader.eof || reader.reading) return;
+  let read: Promise<number | null>;
+  try {
+    read = reader.prefetch();
+  } catch {
+    // A read is already in flight (a body being read): its owner sees the reset.
+    return;
+  }
+  read.catch(() => {
+    s.ended = true;
+    s.hookAbort?.abort();
+  });
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { NotImplementedError, ParseError } from "../lib/errors.ts";
 import type { Field } from "../lib/fields.ts";
-import { contentLength, type Framing, requestFraming, responseFraming } from "../lib/framing.ts";
+import { clientFraming, contentLength, type Framing, requestFraming, responseFraming } from "../lib/framing.ts";
 import { HeadParser } from "../lib/head.ts";
 import { assertSplits, type ErrorClass, type Expect, type Feeder } from "./wire_util.ts";
 
@@ -347,6 +347,83 @@ Deno.test("contentLength reads field lists directly", async (t) => {
           (e: unknown) => e instanceof error && (e as ParseError).code === code,
         );
       }
+    });
+  }
+});
+
+Deno.test("clientFraming re-chooses the origin's framing for the client (RFC 9112 §6, §7)", async (t) => {
+  const res = (status: number, fields: Field[] = []) => ({ minor: 1, status, reason: "", fields });
+  const rows: { name: string; status: number; fields?: Field[]; framing: Framing; minor: number; expect: unknown }[] = [
+    {
+      name: "a length stays a length",
+      status: 200,
+      framing: { kind: "length", length: 5 },
+      minor: 1,
+      expect: { kind: "length", length: 5 },
+    },
+    {
+      name: "chunked to HTTP/1.1: chunked",
+      status: 200,
+      framing: { kind: "chunked", codings: [] },
+      minor: 1,
+      expect: { kind: "chunked", codings: [] },
+    },
+    {
+      name: "close-delimited to HTTP/1.1: chunked",
+      status: 200,
+      framing: { kind: "close", codings: [] },
+      minor: 1,
+      expect: { kind: "chunked", codings: [] },
+    },
+    {
+      name: "gzip, chunked to HTTP/1.1: gzip stays listed",
+      status: 200,
+      framing: { kind: "chunked", codings: ["gzip"] },
+      minor: 1,
+      expect: { kind: "chunked", codings: ["gzip"] },
+    },
+    {
+      name: "chunked to HTTP/1.0: until close",
+      status: 200,
+      framing: { kind: "chunked", codings: [] },
+      minor: 0,
+      expect: { kind: "close" },
+    },
+    {
+      name: "gzip to HTTP/1.0: cannot be sent",
+      status: 200,
+      framing: { kind: "close", codings: ["gzip"] },
+      minor: 0,
+      expect: { kind: "unsendable" },
+    },
+    {
+      name: "HEAD/304 keep a valid Content-Length",
+      status: 304,
+      fields: [["Content-Length", "42"]],
+      framing: { kind: "none" },
+      minor: 1,
+      expect: { kind: "none", length: 42 },
+    },
+    {
+      name: "an invalid Content-Length on a body-less response is dropped",
+      status: 200,
+      fields: [["Content-Length", "4x"]],
+      framing: { kind: "none" },
+      minor: 1,
+      expect: { kind: "none", length: -1 },
+    },
+    {
+      name: "204 never gets a Content-Length",
+      status: 204,
+      fields: [["Content-Length", "0"]],
+      framing: { kind: "none" },
+      minor: 1,
+      expect: { kind: "none", length: -1 },
+    },
+  ];
+  for (const row of rows) {
+    await t.step(row.name, () => {
+      assert.deepEqual(clientFraming(res(row.status, row.fields), row.framing, row.minor), row.expect);
     });
   }
 });

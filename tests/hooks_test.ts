@@ -126,6 +126,29 @@ Deno.test("onRequest answering: the origin is never contacted; onResponse sees t
   assert.deepEqual(calls, ["first", "second", "response 200"]);
 });
 
+Deno.test("exactly one of onResponse or onError: a failing onResponse is not followed by onError", async () => {
+  await using origin = startOrigin(echoTarget);
+  const calls: string[] = [];
+  await using proxy = startTestProxy({
+    hooks: {
+      onResponse() {
+        calls.push("response");
+        throw new Error("boom");
+      },
+      onError(error) {
+        calls.push(`error ${error.code}`);
+        return { status: 599 };
+      },
+    },
+  });
+  const res = await proxy.roundTrip(get(origin.url("/")));
+  assert.equal(res.status, 500);
+  assert.deepEqual(calls, ["response"]);
+  const refused = await proxy.roundTrip(get("http://127.0.0.1:1/"));
+  assert.equal(refused.status, 599);
+  assert.deepEqual(calls, ["response", "error upstream-refused"]);
+});
+
 Deno.test("a web Response is accepted as a reply, its body streamed with chunked framing", async () => {
   await using proxy = startTestProxy({
     hooks: {
@@ -692,6 +715,48 @@ Deno.test("HookContext: locals per exchange, connectionId per connection, the cl
   assert.deepEqual(locals, [{}, {}, {}]);
   assert.equal(ids[0], ids[1]);
   assert.notEqual(ids[1], ids[2]);
+});
+
+const RESET_AFTER_REQUEST = `
+import socket, struct, sys, time
+port, target, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.connect(("127.0.0.1", port))
+s.sendall(("GET %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (target, host)).encode())
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+
+Deno.test("ctx.signal is aborted when the client resets during an asynchronous hook", async () => {
+  await using origin = startOrigin(echoTarget);
+  const aborted = deferred<boolean>();
+  await using proxy = startTestProxy({
+    hooks: {
+      onRequest(_req, ctx) {
+        return new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            aborted.resolve(false);
+            resolve();
+          }, 3000);
+          ctx.signal.addEventListener("abort", () => {
+            clearTimeout(timer);
+            aborted.resolve(true);
+            resolve({ status: 499 });
+          });
+        });
+      },
+    },
+  });
+  // SO_LINGER 0 resets cannot be made from Deno: python3 plays the vanishing client.
+  const out = await new Deno.Command("python3", {
+    args: ["-c", RESET_AFTER_REQUEST, String(proxy.port), origin.url("/"), origin.authority],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, `python3 failed: ${new TextDecoder().decode(out.stderr)}`);
+  assert.equal(await aborted.promise, true, "ctx.signal was not aborted by the reset");
 });
 
 Deno.test("a header timeout goes through onError too (408)", async () => {
