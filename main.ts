@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import denoJson from "./deno.json" with { type: "json" };
 import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
-import { DEFAULTS, parseDuration, type ProxyOptions } from "./lib/options.ts";
+import { DEFAULTS, MAX_TIMEOUT_MS, parseDuration, type ProxyOptions } from "./lib/options.ts";
 import { hooksSpecifier, loadHooks } from "./lib/hooks_loader.ts";
 import { startProxy } from "./lib/server.ts";
 
@@ -62,6 +62,8 @@ function duration(flag: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const ms = parseDuration(text);
   if (Number.isNaN(ms)) fail(`invalid duration for --${flag}: ${JSON.stringify(text)}`);
+  // Longer timers would fire at once (the runtime's timers hold 2^31 - 1 ms).
+  if (ms > MAX_TIMEOUT_MS) fail(`--${flag} ${text} is too long: at most ${Math.floor(MAX_TIMEOUT_MS / 3_600_000)}h`);
   return ms;
 }
 

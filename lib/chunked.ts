@@ -15,6 +15,11 @@ export interface ChunkedLimits {
   maxChunkLineBytes: number;
   /** Limits for the trailer section. */
   trailer: HeadLimits;
+  /**
+   * The body comes from an origin: its trailer section is read as a response head
+   * is (obs-fold replaced, whitespace before a colon removed; RFC 9112 §5.1, §5.2).
+   */
+  fromOrigin?: boolean;
 }
 
 /** Default chunked limits. */
@@ -144,7 +149,10 @@ export class ChunkedDecoder {
           this.#digits = 0;
           this.#significant = 0;
           if (this.#size === 0) {
-            this.#trailer = new HeadParser("trailer", this.#limits.trailer);
+            this.#trailer = new HeadParser(
+              this.#limits.fromOrigin ? "response-trailer" : "trailer",
+              this.#limits.trailer,
+            );
             this.#state = State.Trailer;
           } else {
             this.#state = State.Data;

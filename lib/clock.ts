@@ -26,8 +26,9 @@ export function tick(): number {
  * sweeper calls {@link tick} every `tickMs` (so the cached time is at most that
  * old while it runs; other sweepers ticking too only make it fresher). That much
  * is added: the deadline never comes early, and checked on ticks, it passes at
- * most two intervals late.
+ * most two intervals late. A timeout of 0 (or less) is off: the deadline is Infinity.
  */
 export function deadlineIn(ms: number, tickMs: number): number {
+  if (ms <= 0) return Infinity; // a timeout of 0 is off
   return cached + ms + tickMs;
 }

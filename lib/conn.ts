@@ -35,14 +35,22 @@ export function writeThenClose(conn: Deno.Conn, bytes: Uint8Array): void {
   }).finally(() => closeQuietly(conn));
 }
 
-/** Writes to the client; if the client is gone, the origin side is dropped too, then the error rises. */
-export async function writeOrDrop(out: Writable, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
+/**
+ * Writes to the client; if the client is gone, the origin side is dropped too,
+ * then the error rises. (No async frame of its own: it is on every response's path.)
+ */
+export function writeOrDrop(out: Writable, bytes: Uint8Array, upstream: Deno.Conn): Promise<void> {
+  let written: Promise<void>;
   try {
-    await writeAll(out, bytes);
+    written = writeAll(out, bytes);
   } catch (error) {
     closeQuietly(upstream);
-    throw error;
+    return Promise.reject(error);
   }
+  return written.catch((error) => {
+    closeQuietly(upstream);
+    throw error;
+  });
 }
 
 /** Waits for `promise` or `ms`, whichever is first (the timer is always cleared). */

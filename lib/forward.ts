@@ -19,6 +19,7 @@ import {
   type Field,
   getAll,
   has,
+  splitList,
   stripHopByHop,
   viaField,
 } from "./fields.ts";
@@ -35,6 +36,7 @@ import {
 import { callHook, hookFailure } from "./hook_runner.ts";
 import { HookError, isThenable, type Reply } from "./hooks.ts";
 import { StreamBody } from "./message_view.ts";
+import type { AbsoluteTarget } from "./target.ts";
 import { type BodyReader, bodyReader, EMPTY_BODY, takeBufferedChunked } from "./reader.ts";
 import {
   checkHostFields,
@@ -79,15 +81,21 @@ const RETRY = Symbol("retry");
 /** Bodies up to this size that are already buffered are written together with their head. */
 const INLINE_BODY_BYTES = 16 * 1024;
 const NO_BODY: Framing = Object.freeze({ kind: "none" });
+const EMPTY_BYTES = new Uint8Array(0);
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+/** Interim (1xx) responses relayed per exchange at most, and their bytes; more is 502. */
+const MAX_INTERIM_RESPONSES = 32;
+const MAX_INTERIM_BYTES = 64 * 1024;
 
 /**
  * Handles one request whose head has been read. Resolves to whether the client
- * connection may carry another request.
+ * connection may carry another request. Synchronous up to the first I/O (the
+ * policy stages run without an async frame of their own).
  *
- * @throws {ProxyError} before the final response head is sent; the caller answers with it.
+ * @throws {ProxyError} before the final response head is sent (thrown or as a
+ *   rejection); the caller answers with it.
  */
-export async function handleRequest(ctx: ExchangeContext, client: ClientSide, head: RequestHead): Promise<boolean> {
+export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: RequestHead): Promise<boolean> {
   // Stage: request policy, built-in checks.
   const fields = head.fields;
   checkHostFields(fields, head.minor);
@@ -96,11 +104,11 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   const persistent = isPersistent(head.minor, tokens, ctx.stopping);
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
-  if (head.method === "CONNECT") return await connectTunnel(ctx, client, head);
+  if (head.method === "CONNECT") return connectTunnel(ctx, client, head);
   const dest = targetVerdict(head);
   if (dest === null) {
     // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7): not an absolute-form request, no hooks.
-    return await answerLocally(ctx, client, head, optionsAnswer(), persistent && !hasBody, null);
+    return answerLocally(ctx, client, head, optionsAnswer(), persistent && !hasBody, null);
   }
   checkLoop(fields, ctx.options.via);
   const maxForwards = maxForwardsOf(head);
@@ -108,80 +116,61 @@ export async function handleRequest(ctx: ExchangeContext, client: ClientSide, he
   // HTTP/1.1 client on a body-less request; otherwise Upgrade is hop-by-hop and dropped.
   const upgrade = head.minor === 1 && tokens.has("upgrade") && !hasBody && has(fields, "upgrade");
   const keep = upgrade ? KEEP_UPGRADE : undefined;
-  let out = forwardFields(head, tokens, dest.authority, maxForwards, keep, viaField(ctx.options.via, head.minor));
+  const plan: Plan = {
+    req: head,
+    persistent,
+    framing,
+    hasBody,
+    tokens,
+    upgrade,
+    keep,
+    dest,
+    out: forwardFields(head, tokens, dest.authority, maxForwards, keep, viaField(ctx.options.via, head.minor)),
+    hreq: null,
+    requestHead: EMPTY_BYTES,
+    inline: null,
+    body: EMPTY_BODY,
+    chunked: false,
+    drain: null,
+    canRetry: false,
+    pin: false,
+    pumping: null,
+    clientError: null,
+    upstreamWriteFailed: false,
+    discard: false,
+    headSeen: false,
+    resRest: NO_BODY,
+    resChunked: false,
+    resClose: false,
+    resStatus: 0,
+    resScratch: EMPTY_BYTES,
+  };
   const hooks = ctx.hooks;
-  let hreq: HookRequest | null = null;
   if (hooks !== null && client.hook !== null && (hooks.onRequest || hooks.onResponse || hooks.onError)) {
     const wire = () => bodyReader(client.reader, framing, ctx.chunkedLimits);
-    hreq = client.hook.req = new HookRequest(head.method, head.target, dest, out, wire);
+    plan.hreq = client.hook.req = new HookRequest(head.method, head.target, dest, plan.out, wire);
   }
   const builtin = maxForwardsAnswer(head, maxForwards);
-  if (builtin !== null) return await answerLocally(ctx, client, head, builtin, persistent && !hasBody, null);
+  if (builtin !== null) return answerLocally(ctx, client, head, builtin, persistent && !hasBody, null);
 
-  // Stage: request policy, the user's onRequest.
-  let route: Route = dest;
-  if (hreq !== null) {
-    if (hooks!.onRequest !== null) {
-      let answered: boolean | null | Promise<boolean | null> = onRequestStage(ctx, client, head, hreq, persistent);
-      if (isThenable(answered)) answered = await answered;
-      if (answered !== null) return answered;
-      route = { hostname: hreq.destination.hostname, port: hreq.destination.port, path: hreq.path };
-    }
-    if (hreq.fieldsNeedCheck) out = finishRequestFields(hreq, keep, dest.authority);
+  // Stage: request policy, the user's onRequest (no promise when it is synchronous and lets the request go on).
+  if (plan.hreq !== null && hooks!.onRequest !== null) {
+    const answered = onRequestStage(ctx, client, plan.hreq, plan);
+    if (answered !== null) return answered.then((keepAlive) => keepAlive ?? forward(ctx, client, plan));
   }
-  if (upgrade) out.push(["Connection", "Upgrade"]);
-
-  // Stage: the request body's framing toward the origin.
-  const send = hreq !== null && hreq.bodyModified
-    ? hookBody(out, hreq, hasBody)
-    : wireBody(ctx, client, out, framing, tokens);
-  hreq?.seal("The request body has been forwarded already");
-  // The head is built in a recycled buffer, kept until no retry can need it again.
-  const scratch = takeBuffer(SCRATCH_BYTES);
-  try {
-    const requestHead = serializeHead(`${head.method} ${route.path} HTTP/1.1`, out, send.inline, scratch);
-    const plan: Plan = {
-      req: head,
-      persistent,
-      requestHead,
-      send,
-      upgrade,
-      // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
-      // (head and any body) is in `requestHead` and can be sent again.
-      canRetry: IDEMPOTENT.has(head.method) && send.body.done && send.drain === null,
-      pin: hasConnectionAuth(getAll(fields, "authorization")),
-      tokens,
-      hreq,
-      pumping: null,
-      clientError: null,
-      upstreamWriteFailed: false,
-      discard: false,
-      headSeen: false,
-    };
-    return await routeAndSend(ctx, client, route, plan);
-  } finally {
-    giveBuffer(scratch); // every write of requestHead has settled by now
-  }
-}
-
-/** Where the request goes: the connection's host and port, and the request-target sent. */
-interface Route {
-  readonly hostname: string;
-  readonly port: number;
-  readonly path: string;
+  return forward(ctx, client, plan);
 }
 
 /**
- * Stage: the user's onRequest. Returns null when the exchange goes on, or the
- * answer's keep-alive (a promise of it) when a hook answered. No promise when
- * the hook is synchronous and does not answer.
+ * Stage: the user's onRequest. Returns null when the exchange goes on, or a
+ * promise of the answer's keep-alive when a hook answered (null again when an
+ * asynchronous hook let the request go on).
  */
 function onRequestStage(
   ctx: ExchangeContext,
   client: ClientSide,
-  head: RequestHead,
   hreq: HookRequest,
-  persistent: boolean,
+  plan: Plan,
 ): null | Promise<boolean | null> {
   const onRequest = ctx.hooks!.onRequest!;
   const hctx = client.hook!.ctx;
@@ -193,7 +182,7 @@ function onRequestStage(
     const answer = normalizeReply(reply);
     if (answer === null) throw new HookError("onRequest", "invalid");
     const wire = hreq.body.wire;
-    return answerLocally(ctx, client, head, answer, persistent, wire.done ? null : wire);
+    return answerLocally(ctx, client, plan.req, answer, plan.persistent, wire.done ? null : wire);
   };
   const result = callHook(client, ctx, "onRequest", () => onRequest(hreq, hctx));
   return isThenable(result) ? result.then(after) : after(result);
@@ -209,52 +198,63 @@ function finishRequestFields(hreq: HookRequest, keep: ReadonlySet<string> | unde
 }
 
 /**
- * Stages: route (destination → pinned, pooled or new connection) and send, with
- * one retry on a fresh connection when a pooled one turns out stale.
+ * Stages: the request body's framing, route (destination → pinned, pooled or
+ * new connection) and send, with one retry on a fresh connection when a pooled
+ * one turns out stale.
  */
-async function routeAndSend(ctx: ExchangeContext, client: ClientSide, route: Route, plan: Plan): Promise<boolean> {
-  const key = `${route.hostname}:${route.port}`;
-  const draft = client.draft;
-  const retryable = plan.canRetry;
-  const auth = plan.pin;
-  for (let attempt = 0;; attempt++) {
-    // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
-    const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
-    if (pinned !== null) {
-      client.pinned = null;
-      pinned.reused = true; // it may have gone stale while idle: the retry rules apply
-    }
-    let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
-    if (up === null) {
-      const started = draft.timed ? performance.now() : 0;
-      up = await ctx.pool.open(route.hostname, route.port);
-      if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
-    }
-    client.upstream = up.conn;
-    draft.upstream = up.conn;
-    draft.reused = up.reused;
-    try {
-      plan.canRetry = retryable && up.reused;
-      plan.pin = auth || pinned !== null;
-      const result = await exchange(ctx, client, up, plan);
-      if (result !== RETRY) return result;
-      ctx.logger.log("debug", "upstream-retry", { origin: up.key });
-    } finally {
-      client.upstream = null;
-    }
+async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Promise<boolean> {
+  const { req: head, dest, hreq } = plan;
+  let hostname = dest.hostname;
+  let port = dest.port;
+  let path = dest.path;
+  if (hreq !== null) {
+    ({ hostname, port } = hreq.destination);
+    path = hreq.path;
+    if (hreq.fieldsNeedCheck) plan.out = finishRequestFields(hreq, plan.keep, dest.authority);
   }
-}
-
-/** How the request body goes to the origin. */
-interface SendPlan {
-  /** Body bytes written with the head, if any. */
-  inline: Uint8Array | null;
-  /** The rest of the body, streamed after the head. */
-  body: BodyReader;
-  /** Whether `body` is sent chunked (else as is: its length is in the head). */
-  chunked: boolean;
-  /** The client's original body when a hook replaced it unread: drained, never forwarded. */
-  drain: BodyReader | null;
+  if (plan.upgrade) plan.out.push(["Connection", "Upgrade"]);
+  if (hreq !== null && hreq.bodyModified) hookBody(plan, hreq);
+  else wireBody(ctx, client, plan);
+  hreq?.seal("The request body has been forwarded already");
+  // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
+  // (head and any body) is in `requestHead` and can be sent again.
+  const retryable = IDEMPOTENT.has(head.method) && plan.body.done && plan.drain === null;
+  const auth = hasConnectionAuth(getAll(head.fields, "authorization"));
+  // The head is built in a recycled buffer, kept until no retry can need it again.
+  const scratch = takeBuffer(SCRATCH_BYTES);
+  plan.requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, plan.out, plan.inline, scratch);
+  const key = `${hostname}:${port}`;
+  const draft = client.draft;
+  try {
+    for (let attempt = 0;; attempt++) {
+      // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
+      const pinned = attempt === 0 && client.pinned !== null && client.pinned.key === key ? client.pinned : null;
+      if (pinned !== null) {
+        client.pinned = null;
+        pinned.reused = true; // it may have gone stale while idle: the retry rules apply
+      }
+      let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
+      if (up === null) {
+        const started = draft.timed ? performance.now() : 0;
+        up = await ctx.pool.open(hostname, port);
+        if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
+      }
+      client.upstream = up.conn;
+      draft.upstream = up.conn;
+      draft.reused = up.reused;
+      try {
+        plan.canRetry = retryable && up.reused;
+        plan.pin = auth || pinned !== null;
+        const result = await exchange(ctx, client, up, plan);
+        if (result !== RETRY) return result;
+        ctx.logger.log("debug", "upstream-retry", { origin: up.key });
+      } finally {
+        client.upstream = null;
+      }
+    }
+  } finally {
+    giveBuffer(scratch); // every write of requestHead has settled by now
+  }
 }
 
 /**
@@ -263,15 +263,9 @@ interface SendPlan {
  * contacted (a bad one gets 400 and the origin never sees the request) and, without
  * trailers, sent with a Content-Length.
  */
-function wireBody(
-  ctx: ExchangeContext,
-  client: ClientSide,
-  out: Field[],
-  framing: Framing,
-  tokens: ReadonlySet<string>,
-): SendPlan {
+function wireBody(ctx: ExchangeContext, client: ClientSide, plan: Plan): void {
+  const { framing, out } = plan;
   let inline: Uint8Array | null = null;
-  let chunked = false;
   if (framing.kind === "length") {
     if (framing.length > 0 && framing.length <= INLINE_BODY_BYTES) inline = client.reader.take(framing.length);
     out.push(["Content-Length", String(framing.length)]);
@@ -283,52 +277,75 @@ function wireBody(
       out.push(["Content-Length", String(inline.length)]);
     } else {
       out.push(["Transfer-Encoding", "chunked"]);
-      chunked = true;
-      if (whole !== null) inline = encodeChunked(whole.data, endToEndTrailers(whole.trailers, tokens));
+      plan.chunked = true;
+      if (whole !== null) inline = encodeChunked(whole.data, endToEndTrailers(whole.trailers, plan.tokens));
     }
   }
   // Without a chunked body to the origin there is no trailer section to announce.
   if (framing.kind !== "chunked") dropField(out, "trailer");
-  const body = bodyReader(client.reader, inline !== null ? NO_BODY : framing, ctx.chunkedLimits);
-  return { inline, body, chunked, drain: null };
+  plan.inline = inline;
+  plan.body = bodyReader(client.reader, inline !== null ? NO_BODY : framing, ctx.chunkedLimits);
 }
 
 /** A body a hook read, replaced or transformed: Content-Length when its length is known, else chunked. */
-function hookBody(out: Field[], hreq: HookRequest, hadBody: boolean): SendPlan {
+function hookBody(plan: Plan, hreq: HookRequest): void {
   const source = hreq.body.source;
+  const out = plan.out;
   dropField(out, "trailer");
-  const drain = hreq.body.orphan;
+  plan.drain = hreq.body.orphan;
   if (source.kind === "bytes") {
     const data = source.data;
-    if (data.length > 0 || hadBody) out.push(["Content-Length", String(data.length)]);
-    return { inline: data.length > 0 ? data : null, body: EMPTY_BODY, chunked: false, drain };
+    if (data.length > 0 || plan.hasBody) out.push(["Content-Length", String(data.length)]);
+    plan.inline = data.length > 0 ? data : null;
+    plan.body = EMPTY_BODY;
+    return;
   }
   out.push(["Transfer-Encoding", "chunked"]);
   const stream = source.kind === "stream" ? source.stream : new ReadableStream<Uint8Array>();
-  const body = new StreamBody(stream, (error) => hookFailure("onRequest", error));
-  return { inline: null, body, chunked: true, drain };
+  plan.body = new StreamBody(stream, (error) => hookFailure("onRequest", error));
+  plan.chunked = true;
 }
 
-/** One attempt at sending a prepared request over one upstream connection. */
+/**
+ * One request through its stages: what the policy stage decided, how the body
+ * goes, the state of one attempt (the body pump), and the response head's
+ * decisions. One object per request (fewer allocations on the hot path).
+ */
 interface Plan {
   /** The client's request head. */
-  req: RequestHead;
+  readonly req: RequestHead;
   /** Whether the client asked to keep its connection. */
-  persistent: boolean;
+  readonly persistent: boolean;
+  /** The request body's framing from the client. */
+  readonly framing: Framing;
+  /** Whether the client sent a body. */
+  readonly hasBody: boolean;
+  /** The request's `Connection` tokens (lower-cased). */
+  readonly tokens: ReadonlySet<string>;
+  /** Whether an upgrade was offered to the origin. */
+  readonly upgrade: boolean;
+  /** Fields kept although hop-by-hop (`upgrade` when an upgrade is forwarded). */
+  readonly keep: ReadonlySet<string> | undefined;
+  /** Where the request-target points. */
+  readonly dest: AbsoluteTarget;
+  /** The fields to forward. */
+  out: Field[];
+  /** The request as hooks saw it (null without hooks). */
+  hreq: HookRequest | null;
   /** The serialized head for the origin. */
   requestHead: Uint8Array;
-  /** The request body's plan. */
-  send: SendPlan;
-  /** Whether an upgrade was offered to the origin. */
-  upgrade: boolean;
+  /** Body bytes written with the head, if any. */
+  inline: Uint8Array | null;
+  /** The rest of the body, streamed after the head. */
+  body: BodyReader;
+  /** Whether `body` is sent chunked (else as is: its length is in the head). */
+  chunked: boolean;
+  /** The client's original body when a hook replaced it unread: drained, never forwarded. */
+  drain: BodyReader | null;
   /** Whether a failure before any response byte may be retried on a fresh connection. */
   canRetry: boolean;
   /** Whether the connection carries connection-oriented auth and stays with this client. */
   pin: boolean;
-  /** The request's `Connection` tokens (lower-cased). */
-  tokens: ReadonlySet<string>;
-  /** The request as hooks saw it (null without hooks). */
-  hreq: HookRequest | null;
   // The request body streaming to the origin while the response is awaited (reset per attempt):
   /** Settles when the whole body (and any drained original) has been read; null when there was none. */
   pumping: Promise<void> | null;
@@ -340,6 +357,14 @@ interface Plan {
   discard: boolean;
   /** Set once the response head is in: the pump must not start the response timer. */
   headSeen: boolean;
+  // The response head toward the client (wireResponseHead):
+  /** The rest of the origin's body to copy. */
+  resRest: Framing;
+  resChunked: boolean;
+  resClose: boolean;
+  resStatus: number;
+  /** The buffer the response head was built in (given back once written). */
+  resScratch: Uint8Array;
 }
 
 async function exchange(
@@ -348,7 +373,7 @@ async function exchange(
   up: UpstreamConn,
   plan: Plan,
 ): Promise<boolean | typeof RETRY> {
-  const { persistent, send, canRetry } = plan;
+  const { persistent, canRetry } = plan;
   try {
     await writeAll(up.conn, plan.requestHead);
   } catch (error) {
@@ -382,11 +407,13 @@ async function exchange(
   plan.upstreamWriteFailed = false;
   plan.discard = false;
   plan.headSeen = false;
-  plan.pumping = send.body.done && send.drain === null ? null : pumpRequestBody(client, up, plan, startResponseTimer);
+  plan.pumping = plan.body.done && plan.drain === null ? null : pumpRequestBody(client, up, plan, startResponseTimer);
   if (plan.pumping === null) startResponseTimer();
 
   // Stage: response head (interim responses relayed, then the final head).
   let res: ResponseHead;
+  let interim = 0;
+  let interimBytes = 0;
   try {
     while (true) {
       const parser = new HeadParser("response", ctx.responseLimits);
@@ -399,6 +426,13 @@ async function exchange(
       if (!got) return headFailed(client, up, plan, parser, null);
       res = parser.responseHead();
       if (isFinalHead(res, plan, up)) break;
+      // A response has begun: from now on a failure is never retried (the client has seen it).
+      plan.canRetry = false;
+      // An origin must not hold the exchange with interim responses without end.
+      if (++interim > MAX_INTERIM_RESPONSES || (interimBytes += parser.bytesConsumed) > MAX_INTERIM_BYTES) {
+        closeQuietly(up.conn);
+        throw new UpstreamError("The origin sent too many interim responses", "upstream-too-many-interim");
+      }
       // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
       if (plan.req.minor === 1) await writeOrDrop(client.out, interimHead(ctx, res), up.conn);
     }
@@ -413,7 +447,7 @@ async function exchange(
     client.draft.firstByteMs = Math.round((performance.now() - client.draft.startedAt) * 100) / 100;
   }
   if (res.status === 101) return await switchProtocols(ctx, client, res, up);
-  return await respond(ctx, client, up, plan, res);
+  return respond(ctx, client, up, plan, res);
 }
 
 /** Streams the request body (and drains a replaced original), then starts the response timer. */
@@ -424,9 +458,9 @@ async function pumpRequestBody(
   startResponseTimer: () => void,
 ): Promise<void> {
   const pump = plan;
-  const { body, drain } = plan.send;
+  const { body, drain } = plan;
   if (!body.done) {
-    const writer: BodyWriter = plan.send.chunked ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
+    const writer: BodyWriter = plan.chunked ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
     while (true) {
       let data: Uint8Array | null;
       try {
@@ -502,15 +536,26 @@ function headFailed(
   );
 }
 
-/** Whether a response head ends the wait (a final status, or a 101 that was asked for). */
+/**
+ * Whether a response head ends the wait: a final status, or a 101 that was
+ * asked for, to a protocol the client offered (RFC 9110 §7.8, §15.2.2).
+ */
 function isFinalHead(res: ResponseHead, plan: Plan, up: UpstreamConn): boolean {
   if (res.status >= 200) return true;
   if (res.status !== 101) return false;
-  if (!plan.upgrade) {
+  if (!plan.upgrade || !upgradeOffered(plan.req.fields, res.fields)) {
     closeQuietly(up.conn);
     throw new UpstreamError("The origin switched protocols without being asked", "upstream-unexpected-101");
   }
   return true;
+}
+
+/** Whether every protocol a 101 names in `Upgrade` was offered by the request (names compared without case). */
+export function upgradeOffered(request: readonly Field[], response: readonly Field[]): boolean {
+  const offered = new Set(splitList(getAll(request, "upgrade")).map((p) => p.toLowerCase().split("/")[0]));
+  const chosen = splitList(getAll(response, "upgrade"));
+  if (chosen.length === 0) return false;
+  return chosen.every((p) => offered.has(p.toLowerCase().split("/")[0]));
 }
 
 /** An interim (1xx) response head as relayed to the client. */
@@ -554,7 +599,7 @@ async function respond(
   const resTokens = connectionTokens(res.fields);
   // Read-side completion is decisive: the origin cannot have answered after the whole body
   // unless we had read all of it. An early answer leaves the rest unread: close after it.
-  const early = !plan.send.body.done || (plan.send.drain !== null && !plan.send.drain.done);
+  const early = !plan.body.done || (plan.drain !== null && !plan.drain.done);
   const clientClose = !plan.persistent || early || ctx.stopping;
   const fields = stripHopByHop(res.fields, resTokens);
   fields.push(viaField(ctx.options.via, res.minor));
@@ -576,18 +621,19 @@ async function respond(
   }
   // Stage: body relay, of the origin's body (re-framed) or one a hook produced.
   if (outgoing === null || outgoing.own === null) {
-    const head = wireResponseHead(up, plan, res, resFraming, outgoing?.fields ?? fields, clientClose, outgoing);
+    const bytes = wireResponseHead(up, plan, res, resFraming, outgoing?.fields ?? fields, clientClose, outgoing);
     try {
-      await writeOrDrop(client.out, head.bytes, up.conn);
+      await writeOrDrop(client.out, bytes, up.conn);
     } finally {
-      giveBuffer(head.scratch);
+      giveBuffer(plan.resScratch);
     }
     client.finalHeadSent = true;
-    client.draft.status = head.status;
-    const body = bodyReader(up.reader, head.rest, ctx.responseChunkedLimits);
+    client.draft.status = plan.resStatus;
+    const chunked = plan.resChunked;
+    const body = bodyReader(up.reader, plan.resRest, ctx.responseChunkedLimits);
     // A body that went out whole with the head needs no copy (and no async frame).
-    const copied = (body.done && !head.chunked) || await copyWireBody(ctx, client, up, body, head.chunked, resTokens);
-    keepOpen = copied ? !head.clientClose : null;
+    const copied = (body.done && !chunked) || await copyWireBody(ctx, client, up, body, chunked, resTokens);
+    keepOpen = copied ? !plan.resClose : null;
   } else keepOpen = await sendOwnBody(client, up, req, outgoing, clientClose);
   if (keepOpen === null) return false; // aborted mid-body
 
@@ -681,21 +727,10 @@ function checkedResponse(hres: HookResponse, wire: BodyReader, originalStatus: n
   return { status, reason: hres.reason, fields, own: null, wire: null, abandoned: false };
 }
 
-/** The response head toward the client for the origin's body, and how that body continues. */
-interface WireHead {
-  /** The head, with whatever part of a Content-Length body was already buffered (in `scratch`). */
-  bytes: Uint8Array;
-  scratch: Uint8Array;
-  status: number;
-  /** The rest of the origin's body to copy. */
-  rest: Framing;
-  chunked: boolean;
-  clientClose: boolean;
-}
-
 /**
  * The head for relaying the origin's body, its framing re-chosen for the client
- * (synchronous: the hot path awaits only the write).
+ * (synchronous: the hot path awaits only the write). How the body continues is
+ * noted in the plan (`resRest`, `resChunked`, `resClose`, `resStatus`, `resScratch`).
  */
 function wireResponseHead(
   up: UpstreamConn,
@@ -706,7 +741,7 @@ function wireResponseHead(
   clientClose: boolean,
   /** The status and reason a hook set (else the origin's). */
   hooked: Outgoing | null,
-): WireHead {
+): Uint8Array {
   const framing = clientFraming(res, resFraming, plan.req.minor);
   switch (framing.kind) {
     case "unsendable":
@@ -741,8 +776,12 @@ function wireResponseHead(
   }
   const status = hooked?.status ?? res.status;
   const scratch = takeBuffer(SCRATCH_BYTES);
-  const bytes = serializeHead(`HTTP/1.1 ${status} ${hooked?.reason ?? res.reason}`, fields, inline, scratch);
-  return { bytes, scratch, status, rest, chunked, clientClose };
+  plan.resRest = rest;
+  plan.resChunked = chunked;
+  plan.resClose = clientClose;
+  plan.resStatus = status;
+  plan.resScratch = scratch;
+  return serializeHead(`HTTP/1.1 ${status} ${hooked?.reason ?? res.reason}`, fields, inline, scratch);
 }
 
 /**

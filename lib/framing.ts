@@ -52,19 +52,60 @@ export function contentLength(fields: readonly Field[]): number {
   return length;
 }
 
-/** The lower-cased transfer codings, or null when there is no `Transfer-Encoding` field. */
+/**
+ * The transfer codings, or null when there is no `Transfer-Encoding` field.
+ * Each is its name lower-cased, followed by its parameters as sent (whitespace
+ * around `;` and `=` removed): `gzip;level=1` stays `gzip;level=1` when relayed.
+ *
+ * @throws {ParseError} `invalid-transfer-encoding` when a coding or parameter is not
+ *   `token *( OWS ";" OWS token BWS "=" BWS ( token / quoted-string ) )` (RFC 9112 §7).
+ */
 function transferCodings(fields: readonly Field[]): string[] | null {
   const values = getAll(fields, "transfer-encoding");
   if (values.length === 0) return null;
   const codings: string[] = [];
-  for (const element of splitList(values)) {
-    // transfer-coding = token *( OWS ";" OWS transfer-parameter ): parameters are not
-    // defined for chunked, and a coding with parameters is not one we implement.
-    const name = trimOws(element.split(";")[0]);
-    if (!isToken(name)) throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
-    codings.push(element.includes(";") ? `${name.toLowerCase()};` : name.toLowerCase());
-  }
+  for (const element of splitList(values)) codings.push(transferCoding(element));
   return codings;
+}
+
+const TRANSFER_PARAMETER =
+  /^[\t ]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[\t ]*=[\t ]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+|"(?:[^"\\]|\\.)*")[\t ]*$/;
+
+function transferCoding(element: string): string {
+  const parts = splitParameters(element);
+  const name = trimOws(parts[0]);
+  if (!isToken(name)) throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
+  let text = name.toLowerCase();
+  // RFC 9112 §7.1: chunked takes no parameters; "chunked;x=1" would frame nothing we could relay.
+  if (text === "chunked" && parts.length > 1) {
+    throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
+  }
+  for (let i = 1; i < parts.length; i++) {
+    const m = TRANSFER_PARAMETER.exec(parts[i]);
+    if (m === null) throw new ParseError("Cannot parse Transfer-Encoding", "invalid-transfer-encoding");
+    text += `;${m[1]}=${m[2]}`;
+  }
+  return text;
+}
+
+/** Splits a list element at `;` outside quoted strings. */
+function splitParameters(element: string): string[] {
+  const parts: string[] = [];
+  let start = 0;
+  let quoted = false;
+  for (let i = 0; i < element.length; i++) {
+    const c = element.charCodeAt(i);
+    if (quoted) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) quoted = false;
+    } else if (c === 0x22) quoted = true;
+    else if (c === 0x3b) {
+      parts.push(element.slice(start, i));
+      start = i + 1;
+    }
+  }
+  parts.push(element.slice(start));
+  return parts;
 }
 
 /**

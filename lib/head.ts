@@ -28,7 +28,7 @@ export interface HeadLimits {
 export const DEFAULT_HEAD_LIMITS: Readonly<HeadLimits> = Object.freeze({
   maxRequestLineBytes: 8192,
   maxHeadBytes: 65536,
-  maxFields: 100,
+  maxFields: 1000,
 });
 
 /** A parsed request head. */
@@ -56,7 +56,7 @@ export interface ResponseHead {
 }
 
 /** Which kind of head a {@link HeadParser} reads. */
-export type HeadKind = "request" | "response" | "trailer";
+export type HeadKind = "request" | "response" | "trailer" | "response-trailer";
 
 const CR = 13;
 const LF = 10;
@@ -86,6 +86,11 @@ export class HeadParser {
   bytesConsumed = 0;
 
   readonly #kind: HeadKind;
+  /**
+   * From an origin (a response head or its trailers): whitespace before a colon is
+   * removed and obs-fold replaced, as RFC 9112 §5.1/§5.2 require of a proxy.
+   */
+  readonly #lenient: boolean;
   readonly #limits: HeadLimits;
   #startLineDone: boolean;
   #leadingEmpty = 0;
@@ -101,7 +106,12 @@ export class HeadParser {
   constructor(kind: HeadKind, limits: HeadLimits = DEFAULT_HEAD_LIMITS) {
     this.#kind = kind;
     this.#limits = limits;
-    this.#startLineDone = kind === "trailer";
+    this.#startLineDone = kind === "trailer" || kind === "response-trailer";
+    this.#lenient = kind === "response" || kind === "response-trailer";
+  }
+
+  #startLineDoneAtStart(): boolean {
+    return this.#kind === "trailer" || this.#kind === "response-trailer";
   }
 
   /** Whether any byte of this head has been received. */
@@ -235,7 +245,7 @@ export class HeadParser {
   #tooLarge(): Error {
     if (!this.#startLineDone && this.#kind === "request") return new UriTooLongError();
     return new HeadTooLargeError(
-      this.#kind === "trailer" ? "Trailer section too large" : "Header section too large",
+      this.#startLineDoneAtStart() ? "Trailer section too large" : "Header section too large",
     );
   }
 
@@ -322,7 +332,7 @@ export class HeadParser {
     const nameEnd = i;
     // RFC 9112 §5.1: whitespace between the field name and colon: a server MUST reject the
     // request (400); a proxy MUST remove it from a response before forwarding.
-    if (this.#kind === "response") { while (i < end && (b[i] === SP || b[i] === HTAB)) i++; }
+    if (this.#lenient) { while (i < end && (b[i] === SP || b[i] === HTAB)) i++; }
     if (nameEnd === start || i === end || b[i] !== COLON) {
       throw new ParseError("Cannot parse field line: invalid field name", "invalid-field-name");
     }
@@ -335,7 +345,7 @@ export class HeadParser {
     // RFC 9112 §5.2: obs-fold. A server MUST reject it in a request; a proxy
     // MUST replace it by SP in a response. Whitespace before the first field
     // line is rejected (RFC 9112 §2.2).
-    if (this.#kind !== "response" || this.fields.length === 0) {
+    if (!this.#lenient || this.fields.length === 0) {
       throw new ParseError("Cannot parse field line: obsolete line folding", "obs-fold");
     }
     const more = this.#value(b, start, end);

@@ -33,7 +33,7 @@ export interface ProxyOptions {
   maxRequestLineBytes?: number;
   /** Longest request head in bytes; over it: 431 [65536]. */
   maxHeadBytes?: number;
-  /** Most header fields in a head; over it: 431 [100]. */
+  /** Most header fields in a head; over it: 431 [1000] (the byte limit is the real bound). */
   maxFields?: number;
   /** Ports CONNECT may reach; `"*"` allows all [[443]]. */
   connectPorts?: readonly number[] | "*";
@@ -86,7 +86,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     maxConnectionsPerClient: 256,
     maxRequestLineBytes: 8192,
     maxHeadBytes: 65536,
-    maxFields: 100,
+    maxFields: 1000,
     connectPorts: Object.freeze([443]),
     tunnelIdleTimeoutMs: 0,
     maxIdlePerOrigin: 256,
@@ -95,16 +95,70 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     hookTimeoutMs: 30_000,
   });
 
-/** Fills in defaults and validates values. */
+/** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+
+/** Options holding durations in ms: 0 (off) up to {@link MAX_TIMEOUT_MS}. */
+const DURATION_OPTIONS = [
+  "connectTimeoutMs",
+  "responseTimeoutMs",
+  "headerTimeoutMs",
+  "idleTimeoutMs",
+  "bodyTimeoutMs",
+  "tunnelIdleTimeoutMs",
+  "upstreamIdleTimeoutMs",
+  "hookTimeoutMs",
+] as const;
+/** Options holding counts or sizes that must be at least 1. */
+const POSITIVE_OPTIONS = [
+  "maxConnections",
+  "maxConnectionsPerClient",
+  "maxRequestLineBytes",
+  "maxHeadBytes",
+  "maxFields",
+] as const;
+
+/**
+ * Fills in defaults and validates every value in one place: types, integer
+ * ranges (timeouts 0, meaning off, to {@link MAX_TIMEOUT_MS}; counts from 1;
+ * ports 0-65535), the `via` token, the CONNECT port list.
+ *
+ * @throws {TypeError} naming the option and what it accepts.
+ */
 export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   const out = { ...DEFAULTS } as ResolvedOptions;
   for (const [key, value] of Object.entries(options)) {
     if (value !== undefined) (out as unknown as Record<string, unknown>)[key] = value;
   }
-  if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(out.via)) {
+  for (const key of DURATION_OPTIONS) checkInteger(key, out[key], 0, MAX_TIMEOUT_MS, "ms (0 = off)");
+  for (const key of POSITIVE_OPTIONS) checkInteger(key, out[key], 1, Number.MAX_SAFE_INTEGER, "");
+  checkInteger("maxIdlePerOrigin", out.maxIdlePerOrigin, 0, Number.MAX_SAFE_INTEGER, "");
+  checkInteger("port", out.port, 0, 65535, "(0 picks a free port)");
+  if (typeof out.hostname !== "string" || out.hostname === "") {
+    throw new TypeError("Invalid option hostname: expected an address such as 127.0.0.1 or ::1");
+  }
+  if (typeof out.via !== "string" || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z:]+$/.test(out.via)) {
     throw new TypeError("Invalid option via: must be a token (letters, digits, -._~ ...)");
   }
+  const ports = out.connectPorts;
+  if (ports !== "*") {
+    if (!Array.isArray(ports)) throw new TypeError('Invalid option connectPorts: expected a list of ports or "*"');
+    for (const p of ports) checkInteger("connectPorts", p, 1, 65535, "");
+  }
+  if (typeof out.reusePort !== "boolean") throw new TypeError("Invalid option reusePort: expected true or false");
+  if (out.logger !== undefined && typeof out.logger?.log !== "function") {
+    throw new TypeError("Invalid option logger: expected an object with a log() method");
+  }
+  if (out.onTunnelEnd !== undefined && typeof out.onTunnelEnd !== "function") {
+    throw new TypeError("Invalid option onTunnelEnd: expected a function");
+  }
   return out;
+}
+
+function checkInteger(key: string, value: unknown, min: number, max: number, unit: string): void {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new TypeError(`Invalid option ${key}: expected an integer from ${min} to ${max}${unit ? ` ${unit}` : ""}`);
+  }
 }
 
 const DURATION = /^([0-9]{1,9})(ms|s|m|h)?$/;

@@ -171,7 +171,7 @@ function exchangeContext(
   const responseLimits: HeadLimits = {
     maxRequestLineBytes: Math.max(opts.maxRequestLineBytes, 8192),
     maxHeadBytes: Math.max(opts.maxHeadBytes, 256 * 1024),
-    maxFields: Math.max(opts.maxFields, 1000),
+    maxFields: Math.max(opts.maxFields, 4000),
   };
   const pool = new UpstreamPool({
     connectTimeoutMs: opts.connectTimeoutMs,
@@ -186,7 +186,11 @@ function exchangeContext(
     limits,
     responseLimits,
     chunkedLimits: { maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes, trailer: limits },
-    responseChunkedLimits: { maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes, trailer: responseLimits },
+    responseChunkedLimits: {
+      maxChunkLineBytes: DEFAULT_CHUNKED_LIMITS.maxChunkLineBytes,
+      trailer: responseLimits,
+      fromOrigin: true,
+    },
     pool,
     logger,
     hooks,

@@ -38,13 +38,10 @@ export interface SweepTimeouts {
 
 /** How often to sweep: a quarter of the shortest timeout, between 25 ms and 1 s. */
 export function sweepInterval(t: SweepTimeouts): number {
-  const shortest = Math.min(
-    t.bodyTimeoutMs,
-    t.headerTimeoutMs,
-    t.idleTimeoutMs,
-    t.responseTimeoutMs,
-    t.hookTimeoutMs > 0 ? t.hookTimeoutMs : Infinity,
-  );
+  // A timeout of 0 is off and does not count.
+  const on = [t.bodyTimeoutMs, t.headerTimeoutMs, t.idleTimeoutMs, t.responseTimeoutMs, t.hookTimeoutMs]
+    .filter((ms) => ms > 0);
+  const shortest = Math.min(...on);
   return Math.max(25, Math.min(1000, shortest / 4));
 }
 
@@ -56,7 +53,7 @@ export function startSweeper<S extends Swept>(
   const { intervalMs, logger, expireHead } = options;
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
-  const bodyIdleMs = options.bodyTimeoutMs + intervalMs;
+  const bodyIdleMs = options.bodyTimeoutMs > 0 ? options.bodyTimeoutMs + intervalMs : Infinity;
   tick();
   const timer = setInterval(() => {
     const now = tick();

@@ -55,7 +55,8 @@ interface Idle {
  */
 export async function connectUpstream(hostname: string, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
   const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  // A timeout of 0 is off: the system's own connect timeout still applies.
+  const timer = timeoutMs > 0 ? setTimeout(() => abort.abort(), timeoutMs) : undefined;
   try {
     const conn = await Deno.connect({ hostname, port, signal: abort.signal });
     try {
@@ -185,7 +186,8 @@ export class UpstreamPool {
     // RFC 9112 §9.3: responses pair with requests by order. Bytes or EOF arriving while
     // no request is outstanding belong to nothing: the connection is dropped, never reused.
     up.reader.prefetch().then(entry.drop, entry.drop);
-    if (this.#sweeper === undefined) {
+    // An idle timeout of 0 is off: idle connections stay until the origin closes them or the bounds evict them.
+    if (this.#sweeper === undefined && o.idleTimeoutMs > 0) {
       this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.min(5000, o.idleTimeoutMs / 4)));
       Deno.unrefTimer(this.#sweeper);
     }

@@ -179,9 +179,9 @@ const REQUESTS: Row[] = [
     expect: { error: ParseError, code: "te-not-chunked" },
   },
   {
-    name: "chunked with a parameter",
+    name: "chunked with a parameter (chunked takes none)",
     wire: `${POST}Transfer-Encoding: chunked;q=1\r\n\r\n`,
-    expect: { error: ParseError, code: "te-not-chunked" },
+    expect: { error: ParseError, code: "invalid-transfer-encoding" },
   },
   {
     name: "quoted coding",

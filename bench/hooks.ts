@@ -1,0 +1,164 @@
+/**
+ * The hooks benchmark: the cost of the hook API in a real proxy process. nginx
+ * is the origin and wrk the load (100-byte responses, keep-alive, every body
+ * compared); the proxy runs pinned to CPU 0 with each hook variant in turn,
+ * interleaved over several rounds, and the medians of requests per second and
+ * per proxy CPU-second are compared with the hook-free run of the same round.
+ *
+ *   deno task bench:hooks [--rounds 5] [--duration 5] [--connections 50] [--baseline DIR]
+ *
+ * --baseline DIR: also run DIR/main.ts (another checkout, e.g. `git worktree add
+ * /tmp/before <commit>`) as the variant "baseline" (the figures the hook-free
+ * path must stay within 3% of).
+ * Needs nginx and wrk; loopback only; every process started is stopped by its PID.
+ */
+import { parseArgs } from "node:util";
+import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    rounds: { type: "string", default: "5" },
+    duration: { type: "string", default: "5" },
+    connections: { type: "string", default: "50" },
+    baseline: { type: "string" },
+  },
+});
+const ROUNDS = Number(values.rounds);
+const DURATION = Number(values.duration);
+const CONNECTIONS = Number(values.connections);
+const NGINX = which("nginx");
+const WRK = which("wrk");
+if (!NGINX || !WRK) {
+  console.error("bench:hooks needs nginx and wrk (Debian: apt-get install nginx wrk)");
+  Deno.exit(2);
+}
+
+const here = (path: string) => new URL(path, import.meta.url).pathname;
+const variants: { name: string; main: string; hooks: string | null }[] = [
+  ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, hooks: null }] : []),
+  { name: "no hooks", main: here("../main.ts"), hooks: null },
+  { name: "sync no-op onRequest + onResponse", main: here("../main.ts"), hooks: here("hooks/noop.ts") },
+  { name: "headers touched", main: here("../main.ts"), hooks: here("hooks/headers.ts") },
+  { name: "async no-op onRequest + onResponse", main: here("../main.ts"), hooks: here("hooks/async_noop.ts") },
+];
+
+const tmp = await Deno.makeTempDir({ prefix: "waypost-bench-hooks-" });
+const www = `${tmp}/www`;
+await Deno.mkdir(www);
+await Deno.writeFile(`${www}/small`, new Uint8Array(100).map((_, i) => 0x41 + (i % 26)));
+const originPort = freePort();
+await Deno.writeTextFile(
+  `${tmp}/nginx.conf`,
+  `daemon off; master_process off; worker_processes 1; pid ${tmp}/nginx.pid;
+error_log ${tmp}/nginx-error.log warn;
+events { worker_connections 8192; }
+http { access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path ${tmp}/b; proxy_temp_path ${tmp}/p; fastcgi_temp_path ${tmp}/f;
+  uwsgi_temp_path ${tmp}/u; scgi_temp_path ${tmp}/s;
+  server { listen 127.0.0.1:${originPort} backlog=4096; root ${www}; location / { } } }
+`,
+);
+await Deno.writeTextFile(
+  `${tmp}/check.lua`,
+  `threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  wrk.path = args[1]; wrk.headers["Host"] = args[2]
+  local f = assert(io.open(args[3], "rb")); expected = f:read("*a"); f:close()
+  bad = 0
+end
+function response(status, headers, body)
+  if status ~= 200 or body ~= expected then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local invalid = 0
+  for _, t in ipairs(threads) do invalid = invalid + t:get("bad") end
+  io.write(string.format("RESULT %d %d %d\\n", summary.requests, invalid, latency:percentile(99)))
+end
+`,
+);
+
+function cpuSeconds(pid: number): number {
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+async function wrk(port: number, seconds: number): Promise<{ good: number; bad: number }> {
+  const [c, a] = pinned(1, WRK!, [
+    "-t1",
+    `-c${CONNECTIONS}`,
+    `-d${seconds}s`,
+    "--latency",
+    "-s",
+    `${tmp}/check.lua`,
+    `http://127.0.0.1:${port}`,
+    "--",
+    `http://127.0.0.1:${originPort}/small`,
+    `127.0.0.1:${originPort}`,
+    `${www}/small`,
+  ]);
+  const out = await new Deno.Command(c, { args: a, stdout: "piped", stderr: "piped" }).output();
+  const m = /RESULT (\d+) (\d+) (\d+)/.exec(new TextDecoder().decode(out.stdout));
+  if (!m) throw new Error("wrk failed");
+  return { good: Number(m[1]) - Number(m[2]), bad: Number(m[2]) };
+}
+
+const nginx = new Deno.Command(...(() => {
+  const [c, a] = pinned(1, NGINX, ["-c", `${tmp}/nginx.conf`]);
+  return [c, { args: a, stdout: "null", stderr: "null" }] as const;
+})()).spawn();
+const results = new Map<string, { rps: number[]; perCpu: number[]; bad: number }>();
+try {
+  await waitForPort(originPort);
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const v of variants) {
+      const port = freePort();
+      const args = ["run", "--allow-net", "--allow-read", "--v8-flags=--max-semi-space-size=2", v.main];
+      args.push("--port", String(port), "--log-level", "error", "--max-connections-per-client", "4096");
+      if (v.hooks) args.push("--hooks", v.hooks);
+      const [c, a] = pinned(0, Deno.execPath(), args);
+      const proxy = new Deno.Command(c, { args: a, stdout: "null", stderr: "null" }).spawn();
+      try {
+        await waitForPort(port);
+        await wrk(port, 1); // warm-up (JIT), not counted
+        const cpu0 = cpuSeconds(proxy.pid);
+        const r = await wrk(port, DURATION);
+        const cpu = cpuSeconds(proxy.pid) - cpu0;
+        const entry = results.get(v.name) ?? { rps: [], perCpu: [], bad: 0 };
+        entry.rps.push(r.good / DURATION);
+        entry.perCpu.push(r.good / cpu);
+        entry.bad += r.bad;
+        results.set(v.name, entry);
+        console.error(
+          `round ${round} ${v.name}: ${Math.round(r.good / DURATION)} req/s, ${Math.round(r.good / cpu)} per CPU-s`,
+        );
+      } finally {
+        proxy.kill("SIGTERM");
+        await proxy.status;
+      }
+    }
+  }
+} finally {
+  nginx.kill("SIGTERM");
+  await nginx.status;
+  await Deno.remove(tmp, { recursive: true });
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const ref = results.get("no hooks")!;
+console.log(
+  `\n${CONNECTIONS} keep-alive connections, 100-byte responses, ${DURATION} s x ${ROUNDS} rounds, ${
+    PINNING ? "proxy pinned to CPU 0" : "not pinned"
+  }; medians, ratio to "no hooks":\n`,
+);
+console.log("| variant | req/s | req per proxy CPU-s | ratio (per CPU-s) | invalid |");
+console.log("| --- | --- | --- | --- | --- |");
+for (const [name, r] of results) {
+  const perCpu = median(r.perCpu);
+  console.log(
+    `| ${name} | ${Math.round(median(r.rps)).toLocaleString("en")} | ${Math.round(perCpu).toLocaleString("en")} | ${
+      (perCpu / median(ref.perCpu)).toFixed(3)
+    } | ${r.bad} |`,
+  );
+}

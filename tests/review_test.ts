@@ -1,0 +1,204 @@
+/**
+ * Findings of the correctness review (issue 13), each shown from the wire:
+ * field-count limits real clients hit, trailers and transfer-coding parameters
+ * from origins, endless interim responses, retries after an interim response,
+ * timeouts of 0, and option validation.
+ */
+import assert from "node:assert/strict";
+import { resolveOptions } from "../lib/options.ts";
+import { silentLogger, startProxy } from "../mod.ts";
+import { echoTarget, fieldValue, get, ok, type OriginConn, serve, startOrigin, startTestProxy, text } from "./util.ts";
+
+Deno.test("field-count limit: 1,000 request fields pass, 1,001 get 431 (the 64 KiB byte limit is the real bound)", async () => {
+  await using origin = startOrigin(serve((req) => ok(`fields=${req.fields.length}`)));
+  await using proxy = startTestProxy();
+  const many = (n: number) => Array.from({ length: n }, (_, i) => `X-F${i}: ${i}`);
+  // get() adds Host: 1 field, so 999 more make 1,000.
+  const passed = await proxy.roundTrip(get(origin.url("/"), many(999)));
+  assert.equal(passed.status, 200);
+  assert.match(text(passed.body), /^fields=\d+$/);
+  const refused = await proxy.roundTrip(get(origin.url("/"), many(1000)));
+  assert.equal(refused.status, 431);
+});
+
+Deno.test("field-count limit: a response with 1,500 fields (many Set-Cookie) is relayed", async () => {
+  const cookies = Array.from({ length: 1500 }, (_, i) => `Set-Cookie: c${i}=${i}`);
+  await using origin = startOrigin(serve(() => ok("many", cookies)));
+  await using proxy = startTestProxy();
+  const res = await proxy.roundTrip(get(origin.url("/")));
+  assert.equal(res.status, 200);
+  assert.equal(res.fields.filter(([n]) => n.toLowerCase() === "set-cookie").length, 1500);
+});
+
+Deno.test("trailers from an origin with obs-fold or whitespace before the colon are repaired, not fatal", async () => {
+  await using origin = startOrigin(
+    serve(() =>
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n" +
+      "5\r\nhello\r\n0\r\nX-Sum: a\r\n  b\r\nX-Other : c\r\n\r\n"
+    ),
+  );
+  await using proxy = startTestProxy();
+  const res = await proxy.roundTrip(get(origin.url("/")));
+  assert.equal(res.status, 200);
+  assert.equal(text(res.body), "hello");
+  assert.ok(res.complete);
+  assert.deepEqual(res.trailers, [["X-Sum", "a b"], ["X-Other", "c"]]);
+});
+
+Deno.test("a transfer coding with parameters is relayed with them", async () => {
+  await using origin = startOrigin(
+    serve(() => "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip ; level=1, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+  );
+  await using proxy = startTestProxy();
+  const res = await proxy.roundTrip(get(origin.url("/")));
+  assert.equal(res.status, 200);
+  assert.equal(fieldValue(res.fields, "transfer-encoding"), "gzip;level=1, chunked");
+  assert.equal(text(res.body), "abc");
+});
+
+Deno.test("chunked with parameters is not chunked: 400 for a request, 502 for a response", async () => {
+  await using origin = startOrigin(
+    serve((req) =>
+      req.target === "/bad" ? "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n" : ok("fine")
+    ),
+  );
+  await using proxy = startTestProxy();
+  const request = await proxy.roundTrip(
+    `POST ${origin.url("/")} HTTP/1.1\r\nHost: ${origin.authority}\r\nTransfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n`,
+  );
+  assert.equal(request.status, 400);
+  assert.equal((await proxy.roundTrip(get(origin.url("/bad")))).status, 502);
+});
+
+Deno.test("endless interim responses: capped, then 502", async () => {
+  await using origin = startOrigin(async (c: OriginConn) => {
+    await c.readRequest();
+    try {
+      for (let i = 0; i < 10_000; i++) await c.write("HTTP/1.1 100 Continue\r\n\r\n");
+    } catch {
+      // The proxy gave up and closed: expected.
+    }
+  });
+  await using proxy = startTestProxy();
+  await using client = await proxy.connect();
+  await client.write(get(origin.url("/")));
+  let interim = 0;
+  while (true) {
+    const res = await client.response();
+    if (res.status >= 200) {
+      assert.equal(res.status, 502);
+      break;
+    }
+    interim++;
+  }
+  assert.ok(interim <= 32, `${interim} interim responses relayed`);
+});
+
+Deno.test("a pooled connection that sent a 1xx and then closed is not retried", async () => {
+  let requests = 0;
+  await using origin = startOrigin(async (c: OriginConn) => {
+    if (c.index === 0) {
+      await c.readRequest();
+      requests++;
+      await c.write(ok("first"));
+      await c.readRequest();
+      requests++;
+      await c.write("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+      c.close();
+      return;
+    }
+    while (await c.readRequest() !== null) {
+      requests++;
+      await c.write(ok("again"));
+    }
+  });
+  await using proxy = startTestProxy();
+  assert.equal(text((await proxy.roundTrip(get(origin.url("/1")))).body), "first");
+  await using client = await proxy.connect();
+  await client.write(get(origin.url("/2")));
+  const interim = await client.response();
+  assert.equal(interim.status, 103);
+  const final = await client.response();
+  assert.equal(final.status, 502);
+  assert.equal(requests, 2, "the origin saw the request twice");
+});
+
+Deno.test("a 101 for a protocol the client did not offer is 502", async () => {
+  await using origin = startOrigin(async (c: OriginConn) => {
+    await c.readRequest();
+    await c.write("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n");
+    await c.waitEof();
+  });
+  await using proxy = startTestProxy();
+  const res = await proxy.roundTrip(
+    `GET ${origin.url("/")} HTTP/1.1\r\nHost: ${origin.authority}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n`,
+  );
+  assert.equal(res.status, 502);
+});
+
+Deno.test("timeouts of 0 mean off", async (t) => {
+  await t.step("idle 0: a kept-alive connection stays open between requests", async () => {
+    await using origin = startOrigin(echoTarget);
+    await using proxy = startTestProxy({ idleTimeoutMs: 0 });
+    await using client = await proxy.connect();
+    await client.write(get(origin.url("/a")));
+    assert.equal((await client.response()).status, 200);
+    await new Promise((r) => setTimeout(r, 300));
+    await client.write(get(origin.url("/b")));
+    assert.equal(text((await client.response()).body), "target=/b");
+  });
+  await t.step("header 0: a slow head still arrives", async () => {
+    await using origin = startOrigin(echoTarget);
+    await using proxy = startTestProxy({ headerTimeoutMs: 0 });
+    await using client = await proxy.connect();
+    const request = get(origin.url("/slow"));
+    await client.write(request.slice(0, 10));
+    await new Promise((r) => setTimeout(r, 300));
+    await client.write(request.slice(10));
+    assert.equal((await client.response()).status, 200);
+  });
+  for (
+    const [name, options] of [
+      ["response 0", { responseTimeoutMs: 0 }],
+      ["body 0", { bodyTimeoutMs: 0 }],
+      ["connect 0", { connectTimeoutMs: 0 }],
+      ["upstream idle 0", { upstreamIdleTimeoutMs: 0 }],
+    ] as const
+  ) {
+    await t.step(`${name}: a slow origin is waited for`, async () => {
+      await using origin = startOrigin(serve(async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        return ok("late");
+      }));
+      await using proxy = startTestProxy(options);
+      const res = await proxy.roundTrip(get(origin.url("/")));
+      assert.equal(res.status, 200);
+      assert.equal(text(res.body), "late");
+    });
+  }
+});
+
+Deno.test("options are validated in one place, with a clear TypeError", async (t) => {
+  const rows: [string, Record<string, unknown>][] = [
+    ["a negative timeout", { idleTimeoutMs: -1 }],
+    ["NaN", { connectTimeoutMs: NaN }],
+    ["a fraction", { maxConnections: 1.5 }],
+    ["a timeout past the timer's range (2^31 ms)", { connectTimeoutMs: 2 ** 31 }],
+    ["a port out of range", { port: 70000 }],
+    ["zero connections", { maxConnections: 0 }],
+    ["a string for a number", { maxFields: "10" }],
+    ["an invalid CONNECT port", { connectPorts: [0] }],
+    ["a non-token via", { via: "a b" }],
+  ];
+  for (const [name, options] of rows) {
+    await t.step(name, () => {
+      assert.throws(() => resolveOptions(options), TypeError);
+    });
+  }
+  await t.step("startProxy refuses before listening", () => {
+    assert.throws(() => startProxy({ port: 0, logger: silentLogger, bodyTimeoutMs: -5 }), TypeError);
+  });
+  await t.step("the limits of the range are accepted", () => {
+    resolveOptions({ connectTimeoutMs: 2 ** 31 - 1, idleTimeoutMs: 0, port: 0 });
+  });
+});
