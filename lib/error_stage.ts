@@ -8,7 +8,7 @@
  */
 import { writeAnswer } from "./answer.ts";
 import { coarseNow } from "./clock.ts";
-import { describe, ProxyError } from "./errors.ts";
+import { describe, ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { normalizeReply } from "./hook_messages.ts";
 import { callHook } from "./hook_runner.ts";
@@ -34,8 +34,11 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
     logger.log("error", "internal-error", { error: String(error) });
   } else if (error instanceof HookError) {
     logger.log("error", "hook-failed", { code: error.code, error: String(error.cause ?? error.message) });
-  } else if (error.status >= 500) {
+  } else if (error instanceof UpstreamError || error instanceof UpstreamTimeoutError) {
     logger.log("info", "upstream-error", { code: error.code });
+  } else {
+    // The client's request was refused (400, 414, 431, 501, 505, ...): not the origin's doing.
+    logger.log("debug", "request-refused", { code: error.code, status: error.status });
   }
   const failure = error instanceof ProxyError
     ? error

@@ -83,7 +83,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
 
   const pump = async (from: RelaySide, to: RelaySide, up: boolean) => {
     // Bytes the reader already holds (early data) go first; then plain conn.read()
-    // into one reused buffer per direction (DESIGN.md platform facts 3 and 4).
+    // into one reused buffer per direction (docs/design.md platform facts 3 and 4).
     let size: number = RELAY_BUFFER_BYTES.min;
     let buf: Uint8Array | null = null;
     while (true) {

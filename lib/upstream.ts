@@ -1,6 +1,6 @@
 /**
  * The only module that opens connections to origins: `Deno.connect` with a
- * timeout, error classification (DESIGN.md outcome table), and a pool of idle
+ * timeout, error classification (docs/design.md outcome table), and a pool of idle
  * keep-alive connections reused across clients.
  *
  * @module
@@ -73,23 +73,45 @@ export async function connectUpstream(hostname: string, port: number, timeoutMs:
   }
 }
 
-/** Maps a `Deno.connect` failure to a proxy error (DESIGN.md platform fact 5). */
+/**
+ * Maps a `Deno.connect` failure to a proxy error (docs/design.md, platform fact
+ * 5), by error class wherever the runtime gives one. Only a failed name lookup
+ * has no class of its own in Deno 2.9 (a plain `Error`): it is recognised by
+ * {@link isLookupFailure}, the one place that reads a message text.
+ */
 export function classifyConnectError(error: unknown, timedOut: boolean): UpstreamError | UpstreamTimeoutError {
-  if (timedOut) return new UpstreamTimeoutError("Timed out connecting to the origin", "upstream-connect-timeout");
+  if (timedOut || error instanceof Deno.errors.TimedOut) {
+    return new UpstreamTimeoutError("Timed out connecting to the origin", "upstream-connect-timeout");
+  }
   if (error instanceof Deno.errors.ConnectionRefused) {
     return new UpstreamError("The origin refused the connection", "upstream-refused", error);
-  }
-  const message = error instanceof Error ? error.message : "";
-  if (message.startsWith("failed to lookup address")) {
-    return new UpstreamError("Cannot resolve the origin's host name", "upstream-unresolvable", error);
   }
   if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
     return new UpstreamError("The proxy is not permitted to connect to that origin", "upstream-not-permitted", error);
   }
-  if (error instanceof Deno.errors.ConnectionReset) {
+  if (error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.ConnectionAborted) {
     return new UpstreamError("The origin reset the connection", "upstream-reset", error);
   }
+  if (error instanceof Deno.errors.NetworkUnreachable || error instanceof Deno.errors.AddrNotAvailable) {
+    return new UpstreamError("The origin's network is unreachable", "upstream-unreachable", error);
+  }
+  if (isLookupFailure(error)) {
+    return new UpstreamError("Cannot resolve the origin's host name", "upstream-unresolvable", error);
+  }
   return new UpstreamError("Cannot connect to the origin", "upstream-connect-failed", error);
+}
+
+/**
+ * Whether a connect failure is a failed name lookup: a `NotFound` error, or the
+ * plain `Error` Deno 2.9 throws, whose message starts "failed to lookup address
+ * information" (tests/upstream_test.ts pins this text, so a runtime upgrade that
+ * changes it fails a test instead of silently turning DNS failures into
+ * `upstream-connect-failed`).
+ */
+export function isLookupFailure(error: unknown): boolean {
+  if (error instanceof Deno.errors.NotFound) return true;
+  return error instanceof Error && error.constructor === Error &&
+    error.message.startsWith("failed to lookup address information");
 }
 
 /** Keep-alive connections to origins, reused across client connections. */

@@ -18,7 +18,6 @@ import {
   fieldValues,
   get,
   hasField,
-  invalidNameFailsFast,
   latin1,
   listTokens,
   ok,
@@ -38,7 +37,6 @@ type TunnelStats = Parameters<NonNullable<ProxyOptions["onTunnelEnd"]>>[0];
 
 const MIB = 1024 * 1024;
 const IPV6 = canBindIpv6Loopback();
-const INVALID_NAME_FAILS_FAST = await invalidNameFailsFast();
 const ESTABLISHED = "HTTP/1.1 200 Connection established\r\n\r\n";
 /** How soon the far side of a reset tunnel must be closed. */
 const PROMPT_CLOSE_MS = 2000;
@@ -643,18 +641,7 @@ Deno.test("CONNECT to a refused or unresolvable target → 502, before any 200",
   await t.step("refused (a port that was bound, then closed) → 502", async () => {
     await connectFails(proxy, connectRequest(`127.0.0.1:${closedPort()}`), 502);
   });
-  await t.step({
-    name: INVALID_NAME_FAILS_FAST
-      ? "unresolvable nosuchhost.invalid:443 → 502"
-      : "unresolvable host (skipped: a .invalid name does not fail to resolve within 1 s here)",
-    ignore: !INVALID_NAME_FAILS_FAST,
-    fn: async () => {
-      const started = performance.now();
-      await connectFails(proxy, connectRequest("nosuchhost.invalid:443"), 502);
-      const ms = performance.now() - started;
-      assert.ok(ms < 3000, `took ${ms.toFixed(0)} ms`);
-    },
-  });
+  // An unresolvable name is classified in tests/upstream_test.ts (a lookup would leave the machine).
   await t.step("the proxy still serves a tunnel", async () => {
     await assertTunnelStillWorks(proxy);
   });

@@ -104,3 +104,41 @@ Deno.test("UpstreamPool: an expired connection's cancelled read does not remove 
   assert.equal(p.take("127.0.0.1:1"), b.up);
   p.close();
 });
+
+Deno.test("classifyConnectError: by class where Deno gives one, the lookup text as the one fallback", async (t) => {
+  const { classifyConnectError } = await import("../lib/upstream.ts");
+  const { UpstreamError, UpstreamTimeoutError } = await import("../lib/errors.ts");
+  const rows: { name: string; error: unknown; timedOut?: boolean; cls: unknown; code: string }[] = [
+    { name: "our own timeout", error: new Error("aborted"), timedOut: true, cls: UpstreamTimeoutError, code: "upstream-connect-timeout" },
+    { name: "the system's timeout", error: new Deno.errors.TimedOut("x"), cls: UpstreamTimeoutError, code: "upstream-connect-timeout" },
+    { name: "refused", error: new Deno.errors.ConnectionRefused("x"), cls: UpstreamError, code: "upstream-refused" },
+    { name: "not permitted", error: new Deno.errors.NotCapable("x"), cls: UpstreamError, code: "upstream-not-permitted" },
+    { name: "reset", error: new Deno.errors.ConnectionReset("x"), cls: UpstreamError, code: "upstream-reset" },
+    { name: "unreachable", error: new Deno.errors.NetworkUnreachable("x"), cls: UpstreamError, code: "upstream-unreachable" },
+    { name: "lookup (NotFound)", error: new Deno.errors.NotFound("x"), cls: UpstreamError, code: "upstream-unresolvable" },
+    {
+      name: "lookup (Deno 2.9's plain Error)",
+      error: new Error("failed to lookup address information: Name or service not known"),
+      cls: UpstreamError,
+      code: "upstream-unresolvable",
+    },
+    { name: "anything else", error: new TypeError("x"), cls: UpstreamError, code: "upstream-connect-failed" },
+  ];
+  for (const row of rows) {
+    await t.step(row.name, () => {
+      const e = classifyConnectError(row.error, row.timedOut ?? false);
+      assert.ok(e instanceof (row.cls as typeof UpstreamError));
+      assert.equal(e.code, row.code);
+    });
+  }
+});
+
+Deno.test("a refused connection is classified by its class from a real Deno.connect", async () => {
+  const { classifyConnectError } = await import("../lib/upstream.ts");
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const error = await Deno.connect({ hostname: "127.0.0.1", port }).then((c) => (c.close(), null), (e) => e);
+  assert.ok(error instanceof Deno.errors.ConnectionRefused);
+  assert.equal(classifyConnectError(error, false).code, "upstream-refused");
+});

@@ -865,23 +865,3 @@ export async function fullBacklogListener(maxConns = 4096): Promise<{ port: numb
   close();
   return null;
 }
-
-/**
- * Whether a `.invalid` name (RFC 6761: never resolves) fails to resolve
- * quickly here, which means the failure is decided locally.
- */
-export async function invalidNameFailsFast(limitMs = 1000): Promise<boolean> {
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(), limitMs);
-  const started = performance.now();
-  try {
-    const conn = await Deno.connect({ hostname: "waypost-probe.invalid", port: 9, signal: abort.signal });
-    conn.close();
-    return false;
-  } catch {
-    // Any failure is what we want, as long as it came fast and not from our abort.
-    return !abort.signal.aborted && performance.now() - started < limitMs;
-  } finally {
-    clearTimeout(timer);
-  }
-}
