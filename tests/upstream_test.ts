@@ -109,13 +109,39 @@ Deno.test("classifyConnectError: by class where Deno gives one, the lookup text 
   const { classifyConnectError } = await import("../lib/upstream.ts");
   const { UpstreamError, UpstreamTimeoutError } = await import("../lib/errors.ts");
   const rows: { name: string; error: unknown; timedOut?: boolean; cls: unknown; code: string }[] = [
-    { name: "our own timeout", error: new Error("aborted"), timedOut: true, cls: UpstreamTimeoutError, code: "upstream-connect-timeout" },
-    { name: "the system's timeout", error: new Deno.errors.TimedOut("x"), cls: UpstreamTimeoutError, code: "upstream-connect-timeout" },
+    {
+      name: "our own timeout",
+      error: new Error("aborted"),
+      timedOut: true,
+      cls: UpstreamTimeoutError,
+      code: "upstream-connect-timeout",
+    },
+    {
+      name: "the system's timeout",
+      error: new Deno.errors.TimedOut("x"),
+      cls: UpstreamTimeoutError,
+      code: "upstream-connect-timeout",
+    },
     { name: "refused", error: new Deno.errors.ConnectionRefused("x"), cls: UpstreamError, code: "upstream-refused" },
-    { name: "not permitted", error: new Deno.errors.NotCapable("x"), cls: UpstreamError, code: "upstream-not-permitted" },
+    {
+      name: "not permitted",
+      error: new Deno.errors.NotCapable("x"),
+      cls: UpstreamError,
+      code: "upstream-not-permitted",
+    },
     { name: "reset", error: new Deno.errors.ConnectionReset("x"), cls: UpstreamError, code: "upstream-reset" },
-    { name: "unreachable", error: new Deno.errors.NetworkUnreachable("x"), cls: UpstreamError, code: "upstream-unreachable" },
-    { name: "lookup (NotFound)", error: new Deno.errors.NotFound("x"), cls: UpstreamError, code: "upstream-unresolvable" },
+    {
+      name: "unreachable",
+      error: new Deno.errors.NetworkUnreachable("x"),
+      cls: UpstreamError,
+      code: "upstream-unreachable",
+    },
+    {
+      name: "lookup (NotFound)",
+      error: new Deno.errors.NotFound("x"),
+      cls: UpstreamError,
+      code: "upstream-unresolvable",
+    },
     {
       name: "lookup (Deno 2.9's plain Error)",
       error: new Error("failed to lookup address information: Name or service not known"),
