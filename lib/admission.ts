@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { writeThenClose } from "./conn.ts";
+import { lingeringClose } from "./conn.ts";
+import { writeAll } from "./writer.ts";
 import type { Logger } from "./log.ts";
 import { localResponse } from "./respond.ts";
 
@@ -44,8 +45,16 @@ export class ClientCounts {
   }
 }
 
-/** Answers 503 with `Retry-After` and closes (the answer fits the socket buffer: no wait). */
-export function refuse(conn: Deno.TcpConn, why: Exclude<AdmissionVerdict, "admit">, logger: Logger): void {
+/**
+ * Answers 503 with `Retry-After`, then a lingering close (a request the client
+ * already sent is read and dropped, so the close does not reset the answer away).
+ * Resolves when the connection is closed.
+ */
+export async function refuse(
+  conn: Deno.TcpConn,
+  why: Exclude<AdmissionVerdict, "admit">,
+  logger: Logger,
+): Promise<void> {
   const a = conn.remoteAddr as Deno.NetAddr;
   logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
   const bytes = localResponse(503, {
@@ -53,5 +62,11 @@ export function refuse(conn: Deno.TcpConn, why: Exclude<AdmissionVerdict, "admit
     close: true,
     fields: [["Retry-After", "1"]],
   });
-  writeThenClose(conn, bytes);
+  try {
+    await writeAll(conn, bytes);
+  } catch {
+    // The client left already: the close below is all that is left to do.
+  }
+  const buf = new Uint8Array(16384);
+  await lingeringClose(conn, () => conn.read(buf));
 }

@@ -63,3 +63,33 @@ export async function settleWithin(promise: Promise<unknown> | null, ms: number)
     clearTimeout(timer);
   }
 }
+
+/**
+ * How long and how much of what the peer still sends is read and dropped after
+ * an early answer, before the close. Closing with unread bytes makes the kernel
+ * send a reset, which can destroy the answer before the peer reads it.
+ */
+export const LINGER = Object.freeze({ ms: 1000, bytes: 64 * 1024 * 1024 });
+
+/**
+ * A lingering close: ends our sending side at once, reads and drops what the
+ * peer still sends (up to {@link LINGER}), then closes. `read` reads once and
+ * returns the byte count, or null at EOF.
+ */
+export async function lingeringClose(conn: Deno.Conn, read: () => Promise<number | null>): Promise<void> {
+  await closeWriteQuietly(conn);
+  const timer = setTimeout(() => closeQuietly(conn), LINGER.ms);
+  let total = 0;
+  try {
+    while (total < LINGER.bytes) {
+      const n = await read();
+      if (n === null) break;
+      total += n;
+    }
+  } catch {
+    // The peer reset, or the timer closed the connection: the linger is over either way.
+  } finally {
+    clearTimeout(timer);
+    closeQuietly(conn);
+  }
+}

@@ -22,14 +22,18 @@ export interface ErrorTarget extends ClientSide {
   method: string;
 }
 
-/** Answers `error` to the client if no final head was sent yet, and notes it in the exchange record. */
-export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: unknown): Promise<void> {
+/**
+ * Answers `error` to the client if no final head was sent yet, and notes it in
+ * the exchange record. Resolves to whether an answer was written (the close
+ * should then linger).
+ */
+export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: unknown): Promise<boolean> {
   const logger = ctx.logger;
   if (!(error instanceof ProxyError)) {
     // Socket errors (reset, broken pipe) end the session without a response.
     if (isSocketError(error)) {
       s.draft.error ??= "client-gone";
-      return;
+      return false;
     }
     logger.log("error", "internal-error", { error: String(error) });
   } else if (error instanceof HookError) {
@@ -46,18 +50,20 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
   s.draft.error = failure.code;
   // An incomplete request (the client half-closed mid-head or mid-body) still gets its
   // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
-  if (s.finalHeadSent) return;
+  if (s.finalHeadSent) return false;
   // Each exchange ends in exactly one of onResponse or onError: a failing onResponse is answered by the proxy.
   const hooks = ctx.hooks;
   const hook = s.hook;
   if (hooks !== null && hooks.onError !== null && hook !== null && !hook.responded) {
-    if (await answerWithHook(ctx, s, failure)) return;
+    if (await answerWithHook(ctx, s, failure)) return true;
   }
   s.draft.status = failure.status;
   try {
     await writeAll(s.out, errorResponse(error, true, s.method === "HEAD"));
+    return true;
   } catch {
     // The client is gone; there is no one left to tell.
+    return false;
   }
 }
 

@@ -6,7 +6,7 @@
  * @module
  */
 import { DEFAULT_CHUNKED_LIMITS } from "./chunked.ts";
-import { closeQuietly } from "./conn.ts";
+import { closeQuietly, lingeringClose } from "./conn.ts";
 import { describe } from "./errors.ts";
 import type { ExchangeContext } from "./exchange_state.ts";
 import type { HeadLimits } from "./head.ts";
@@ -67,6 +67,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     hooks,
   };
   const sessions = new Set<Session>();
+  /** Refused connections still lingering (shutdown waits for them: at most LINGER.ms). */
+  const refusing = new Set<Promise<void>>();
   const perClient = new ClientCounts();
   const sweeper = startSweeper(sessions, {
     intervalMs: ctx.tickMs,
@@ -80,7 +82,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     conn.setNoDelay(true); // responses are written whole: never wait for Nagle
     const address = (conn.remoteAddr as Deno.NetAddr).hostname;
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
-    if (verdict !== "admit") return refuse(conn, verdict, logger);
+    if (verdict !== "admit") {
+      const closing = refuse(conn, verdict, logger);
+      refusing.add(closing);
+      closing.finally(() => refusing.delete(closing));
+      return;
+    }
     perClient.add(address);
     const session = newSession(host, conn);
     sessions.add(session);
@@ -98,7 +105,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     } catch (error) {
       logger.log("error", "session-crashed", { error: describe(error) });
     } finally {
-      closeQuietly(s.conn);
+      if (s.lingerOnClose) {
+        // An error answer may have left request bytes unread: a plain close would reset it away.
+        await lingeringClose(s.conn, async () => (await s.reader.next())?.length ?? null);
+      } else closeQuietly(s.conn);
       s.reader.dispose(); // its buffers go back for the next connection
       if (s.pinned !== null) closeQuietly(s.pinned.conn);
       s.ended = true;
@@ -135,6 +145,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         if (s.upstream) closeQuietly(s.upstream);
       }
       await Promise.all([...sessions].map((s) => s.done));
+      await Promise.all(refusing);
       ctx.pool.close();
       sweeper.stop();
       stopped.resolve();

@@ -32,7 +32,7 @@ export interface Session extends ClientSide, Swept {
   /** Set when the sweeper expired the head wait. */
   timedOut: boolean;
   /** The 408 being written after a head timeout (onError may be asynchronous). */
-  timeoutAnswer: Promise<void> | null;
+  timeoutAnswer: Promise<unknown> | null;
   done: Promise<void>;
   /** Numbers client connections for hooks and records. */
   readonly id: number;
@@ -42,6 +42,8 @@ export interface Session extends ClientSide, Swept {
   hookAbort: AbortController | null;
   /** Set when the connection has ended (a signal made after that is aborted from the start). */
   ended: boolean;
+  /** Set after an error answer: the close lingers (reads what the client still sends) instead of resetting. */
+  lingerOnClose: boolean;
 }
 
 /** What sessions share with the server. */
@@ -74,6 +76,7 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     client: null,
     hookAbort: null,
     ended: false,
+    lingerOnClose: false,
     timeoutAnswer: null,
     finalHeadSent: false,
     upstream: null,
@@ -130,7 +133,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
         await s.timeoutAnswer;
       } else {
         startHooks(host, s);
-        await answerError(ctx, s, error);
+        s.lingerOnClose = await answerError(ctx, s, error);
       }
       endExchange(host, s, null, inStart, outStart);
       return;
@@ -147,7 +150,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
       const again = await handleRequest(ctx, s, head);
       if (!again) return;
     } catch (error) {
-      await answerError(ctx, s, error);
+      s.lingerOnClose = await answerError(ctx, s, error);
       return;
     } finally {
       s.busy = false;

@@ -202,3 +202,41 @@ Deno.test("options are validated in one place, with a clear TypeError", async (t
     resolveOptions({ connectTimeoutMs: 2 ** 31 - 1, idleTimeoutMs: 0, port: 0 });
   });
 });
+
+Deno.test("an error answer survives a request body the proxy never reads (lingering close)", async (t) => {
+  // More than the loopback socket buffers hold, so the proxy must read it for the client to finish sending.
+  const body = "x".repeat(32 * 1024 * 1024);
+  await t.step(
+    "400 (TE with CL) answered at the head; the client sends its whole 32 MiB body before reading",
+    async () => {
+      await using origin = startOrigin(echoTarget);
+      await using proxy = startTestProxy();
+      await using client = await proxy.connect();
+      const head =
+        `POST ${origin.url("/")} HTTP/1.1\r\nHost: ${origin.authority}\r\nContent-Length: ${body.length}\r\n` +
+        `Transfer-Encoding: gzip, chunked\r\n\r\n`;
+      await client.write(head + body);
+      const res = await client.response();
+      assert.equal(res.status, 400);
+      assert.ok(res.complete);
+      await client.assertClosed();
+      assert.equal(origin.conns.length, 0);
+    },
+  );
+  await t.step("503 at the connection limit, with a request body already sent", async () => {
+    await using origin = startOrigin(echoTarget);
+    await using proxy = startTestProxy({ maxConnectionsPerClient: 1 });
+    await using first = await proxy.connect();
+    await first.write(get(origin.url("/")));
+    assert.equal((await first.response()).status, 200);
+    await using second = await proxy.connect();
+    const request = `POST ${
+      origin.url("/")
+    } HTTP/1.1\r\nHost: ${origin.authority}\r\nContent-Length: ${body.length}\r\n\r\n`;
+    await second.write(request + body);
+    const res = await second.response();
+    assert.equal(res.status, 503);
+    assert.equal(fieldValue(res.fields, "retry-after"), "1");
+    await second.assertClosed();
+  });
+});
