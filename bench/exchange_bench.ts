@@ -130,6 +130,7 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
     responseTimedOut: false,
     draft: newDraft(false),
     hook: null,
+    stream: null,
     hookDeadline: 0,
     hookName: null,
     hookExpire: null,

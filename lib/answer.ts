@@ -9,7 +9,9 @@ import type { Answer } from "./hook_messages.ts";
 import { HookError, type HookName } from "./hooks.ts";
 import { StreamBody } from "./message_view.ts";
 import { httpDate, serializeHead } from "./serialize.ts";
-import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, type Writable, writeAll } from "./writer.ts";
+import { type BodyWriter, ChunkedBodyWriter, RawBodyWriter, writeAll } from "./writer.ts";
+import { coarseNow } from "./clock.ts";
+import type { ClientSide } from "./exchange_state.ts";
 import type { BodyReader } from "./reader.ts";
 
 /** How a body the proxy produces is framed for the client (RFC 9112 §6). */
@@ -51,10 +53,6 @@ export interface AnswerOptions {
   close: boolean;
   /** The hook the answer came from, for errors its body stream raises. */
   hook: HookName;
-  /** Called on body progress (the body timeout's activity stamp). */
-  touch: () => void;
-  /** Called once the head is written. */
-  headSent: (status: number) => void;
 }
 
 /**
@@ -63,7 +61,8 @@ export interface AnswerOptions {
  * A body stream that fails after the head is out rejects (the caller aborts
  * the connection: a body is never made to look complete).
  */
-export async function writeAnswer(out: Writable, answer: Answer, o: AnswerOptions): Promise<boolean> {
+export async function writeAnswer(client: ClientSide, answer: Answer, o: AnswerOptions): Promise<boolean> {
+  const out = client.out;
   const body = answer.body;
   const framing = ownFraming(body.kind === "bytes" ? body.data.length : -1, answer.status, o.method, o.minor);
   const fields: Field[] = [];
@@ -76,13 +75,31 @@ export async function writeAnswer(out: Writable, answer: Answer, o: AnswerOption
     : null;
   if (reader !== null && (framing.kind === "none" || framing.kind === "length")) reader.cancel();
   await writeAll(out, serializeHead(`HTTP/1.1 ${answer.status} ${answer.reason}`, fields, inline));
-  o.headSent(answer.status);
+  client.finalHeadSent = true;
+  client.draft.status = answer.status;
   if (reader !== null && !reader.done) {
     const writer: BodyWriter = framing.kind === "chunked" ? new ChunkedBodyWriter(out) : new RawBodyWriter(out);
-    await pumpBody(reader, writer, o.touch);
+    await streamBody(client, reader, writer);
     await writer.end();
   }
   return !o.close && framing.kind !== "close";
+}
+
+/**
+ * Copies a hook's body stream to the client, piece by piece (backpressure: each
+ * write is awaited). While it runs the stream is the session's: the body
+ * timeout and a forced shutdown cancel it, so a stream that stops producing
+ * never holds the connection.
+ */
+export async function streamBody(client: ClientSide, source: StreamBody, writer: BodyWriter): Promise<void> {
+  client.stream = source;
+  client.inBody = true;
+  client.activity = coarseNow();
+  try {
+    await pumpBody(source, writer, () => client.activity = coarseNow());
+  } finally {
+    client.stream = null;
+  }
 }
 
 /** Copies a body to a writer, piece by piece (backpressure: each write is awaited). */

@@ -21,7 +21,6 @@ import { serializeHead } from "./serialize.ts";
 import { relay, type RelaySide, type TunnelStats } from "./tunnel.ts";
 import { connectUpstream, type UpstreamConn } from "./upstream.ts";
 import { writeAll } from "./writer.ts";
-import { coarseNow } from "./clock.ts";
 
 const ESTABLISHED = new TextEncoder().encode("HTTP/1.1 200 Connection established\r\n\r\n");
 /** Fields kept on a 101 (the protocol switched to). */
@@ -37,7 +36,6 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
   const draft = client.draft;
   draft.kind = "connect";
   let { hostname, port } = connectTarget(head.target);
-  checkLoop(head.fields, ctx.options.via);
   const hooks = ctx.hooks;
   let decision: ConnectDecision | void = undefined;
   if (hooks !== null && hooks.onConnect !== null && client.hook !== null) {
@@ -61,18 +59,16 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
       // A reply is the answer (a 2xx would tell the client a tunnel is open: not allowed).
       const answer = normalizeReply(decision);
       if (answer === null || answer.status < 300) throw new HookError("onConnect", "invalid");
-      client.finalHeadSent = true;
-      await writeAnswer(client.out, answer, {
+      await writeAnswer(client, answer, {
         method: head.method,
         minor: head.minor,
         close: true,
         hook: "onConnect",
-        touch: () => client.activity = coarseNow(),
-        headSent: (status) => draft.status = status,
       });
       return false;
     }
   }
+  checkLoop(head.fields, ctx.options.via);
   if (draft.timed) draft.connectMs = -performance.now();
   const conn = await connectUpstream(hostname, port, ctx.options.connectTimeoutMs);
   if (draft.timed) draft.connectMs = Math.round((draft.connectMs! + performance.now()) * 100) / 100;

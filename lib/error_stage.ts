@@ -7,7 +7,6 @@
  * @module
  */
 import { writeAnswer } from "./answer.ts";
-import { coarseNow } from "./clock.ts";
 import { describe, ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { normalizeReply } from "./hook_messages.ts";
@@ -20,6 +19,8 @@ import { writeAll } from "./writer.ts";
 export interface ErrorTarget extends ClientSide {
   /** The request's method ("" before a head was read). */
   method: string;
+  /** The request's minor HTTP version (1 before a head was read). */
+  minor: number;
 }
 
 /**
@@ -77,16 +78,11 @@ async function answerWithHook(ctx: ExchangeContext, s: ErrorTarget, error: Proxy
     if (reply === undefined || reply === null) return false;
     const answer = normalizeReply(reply);
     if (answer === null) throw new HookError("onError", "invalid");
-    await writeAnswer(s.out, answer, {
+    await writeAnswer(s, answer, {
       method: s.method,
-      minor: 1,
+      minor: s.minor,
       close: true,
       hook: "onError",
-      touch: () => s.activity = coarseNow(),
-      headSent: (status) => {
-        s.finalHeadSent = true;
-        s.draft.status = status;
-      },
     });
     return true;
   } catch (failure) {

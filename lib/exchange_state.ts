@@ -82,6 +82,8 @@ export interface ClientSide extends HookWatch {
   readonly draft: RecordDraft;
   /** Hook state of the exchange in progress; null without hooks. */
   hook: ExchangeHooks | null;
+  /** A hook's body stream being sent (cancelled by the body timeout and a forced shutdown). */
+  stream: { cancel(): void } | null;
 }
 
 /**

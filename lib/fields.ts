@@ -212,7 +212,10 @@ let viaCache: { pseudonym: string; fields: readonly Field[] } | null = null;
 /** The `Via` field this proxy adds for a message received as HTTP/1.`minor` (RFC 9110 §7.6.3). */
 export function viaField(pseudonym: string, minor: number): Field {
   if (viaCache === null || viaCache.pseudonym !== pseudonym) {
-    viaCache = { pseudonym, fields: [["Via", `1.0 ${pseudonym}`], ["Via", `1.1 ${pseudonym}`]] };
+    // Shared by every message: frozen, so a hook editing a pair in place fails its own
+    // exchange instead of changing (or injecting into) the Via of every later one.
+    const pair = (version: string) => Object.freeze(["Via", `${version} ${pseudonym}`]) as unknown as Field;
+    viaCache = { pseudonym, fields: [pair("1.0"), pair("1.1")] };
   }
   return viaCache.fields[minor] as Field;
 }

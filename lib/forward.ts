@@ -56,7 +56,7 @@ import { closeQuietly, closeWriteQuietly, settleWithin, writeOrDrop } from "./co
 import { connectTunnel, KEEP_UPGRADE, switchProtocols } from "./connect.ts";
 import type { ClientSide, ExchangeContext, ResetWatch } from "./exchange_state.ts";
 import { answerLocally, LINGER_MS } from "./local.ts";
-import { addFramingFields, ownFraming, pumpBody } from "./answer.ts";
+import { addFramingFields, ownFraming, streamBody } from "./answer.ts";
 import type { UpstreamConn } from "./upstream.ts";
 import { type BodyWriter, ChunkedBodyWriter, encodeChunked, RawBodyWriter, writeAll } from "./writer.ts";
 
@@ -121,6 +121,7 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
     persistent,
     framing,
     hasBody,
+    continued: false,
     tokens,
     upgrade,
     keep,
@@ -148,7 +149,14 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   const hooks = ctx.hooks;
   if (hooks !== null && client.hook !== null && (hooks.onRequest || hooks.onResponse || hooks.onError)) {
     const wire = () => bodyReader(client.reader, framing, ctx.chunkedLimits);
-    plan.hreq = client.hook.req = new HookRequest(head.method, head.target, dest, plan.out, wire);
+    plan.hreq = client.hook.req = new HookRequest(
+      head.method,
+      head.target,
+      dest,
+      plan.out,
+      wire,
+      continueFirst(client, plan),
+    );
   }
   const builtin = maxForwardsAnswer(head, maxForwards);
   if (builtin !== null) return answerLocally(ctx, client, head, builtin, persistent && !hasBody, null);
@@ -160,6 +168,28 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   }
   return forward(ctx, client, plan);
 }
+
+/**
+ * A client that sent `Expect: 100-continue` waits for a 100 before its body
+ * (RFC 9110 §10.1.1). When a hook reads the body before the origin is contacted,
+ * the proxy sends that 100 itself, then forwards the request without the
+ * expectation (the body goes with it) and does not relay the origin's own 100.
+ */
+function continueFirst(client: ClientSide, plan: Plan): (() => Promise<void>) | undefined {
+  if (plan.req.minor !== 1 || !plan.hasBody || !expectsContinue(plan.req.fields)) return undefined;
+  return async () => {
+    plan.continued = true;
+    await writeAll(client.out, CONTINUE);
+  };
+}
+
+/** Whether `Expect` holds the 100-continue expectation. */
+function expectsContinue(fields: readonly Field[]): boolean {
+  for (const v of splitList(getAll(fields, "expect"))) if (v.toLowerCase() === "100-continue") return true;
+  return false;
+}
+
+const CONTINUE = new TextEncoder().encode("HTTP/1.1 100 Continue\r\n\r\n");
 
 /**
  * Stage: the user's onRequest. Returns null when the exchange goes on, or a
@@ -213,6 +243,7 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
     if (hreq.fieldsNeedCheck) plan.out = finishRequestFields(hreq, plan.keep, dest.authority);
   }
   if (plan.upgrade) plan.out.push(["Connection", "Upgrade"]);
+  if (plan.continued) dropField(plan.out, "expect"); // the 100 was sent; the body goes with the head
   if (hreq !== null && hreq.bodyModified) hookBody(plan, hreq);
   else wireBody(ctx, client, plan);
   hreq?.seal("The request body has been forwarded already");
@@ -320,6 +351,8 @@ interface Plan {
   readonly framing: Framing;
   /** Whether the client sent a body. */
   readonly hasBody: boolean;
+  /** Set when the proxy answered the client's `Expect: 100-continue` itself (a hook read the body). */
+  continued: boolean;
   /** The request's `Connection` tokens (lower-cased). */
   readonly tokens: ReadonlySet<string>;
   /** Whether an upgrade was offered to the origin. */
@@ -433,8 +466,10 @@ async function exchange(
         closeQuietly(up.conn);
         throw new UpstreamError("The origin sent too many interim responses", "upstream-too-many-interim");
       }
-      // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client.
-      if (plan.req.minor === 1) await writeOrDrop(client.out, interimHead(ctx, res), up.conn);
+      // RFC 9110 §15.2: relay 1xx, but never to an HTTP/1.0 client (nor a 100 the proxy already sent).
+      if (plan.req.minor === 1 && !(plan.continued && res.status === 100)) {
+        await writeOrDrop(client.out, interimHead(ctx, res), up.conn);
+      }
     }
   } finally {
     plan.headSeen = true; // the pump must not start a timer from now on
@@ -459,6 +494,8 @@ async function pumpRequestBody(
 ): Promise<void> {
   const pump = plan;
   const { body, drain } = plan;
+  // A hook's body stream is the session's while it is sent (the body timeout cancels a stalled one).
+  if (body instanceof StreamBody) client.stream = body;
   if (!body.done) {
     const writer: BodyWriter = plan.chunked ? new ChunkedBodyWriter(up.conn) : new RawBodyWriter(up.conn);
     while (true) {
@@ -498,6 +535,7 @@ async function pumpRequestBody(
       return;
     }
   }
+  if ((client.stream as unknown) === body) client.stream = null;
   if (!pump.headSeen) startResponseTimer();
 }
 
@@ -599,7 +637,9 @@ async function respond(
   const resTokens = connectionTokens(res.fields);
   // Read-side completion is decisive: the origin cannot have answered after the whole body
   // unless we had read all of it. An early answer leaves the rest unread: close after it.
-  const early = !plan.body.done || (plan.drain !== null && !plan.drain.done);
+  const early = !plan.body.done || (plan.drain !== null && !plan.drain.done) ||
+    // A hook's transform may stop before the client's body ended: the rest is never a next request.
+    (plan.hreq !== null && plan.hreq.bodyModified && !plan.hreq.body.wire.done);
   const clientClose = !plan.persistent || early || ctx.stopping;
   const fields = stripHopByHop(res.fields, resTokens);
   fields.push(viaField(ctx.options.via, res.minor));
@@ -688,7 +728,7 @@ function responseHooks(
   client.hook!.responded = true;
   const result = callHook(client, ctx, "onResponse", () => onResponse(hres, hreq, hctx));
   const settle = (reply: Reply | void): Outgoing => {
-    if (reply === undefined || reply === null) return checkedResponse(hres, wire, res.status);
+    if (reply === undefined || reply === null) return checkedResponse(hres, wire, res.status, plan.req.method);
     const answer = normalizeReply(reply);
     if (answer === null) throw new HookError("onResponse", "invalid");
     return fromAnswer(answer, wire);
@@ -704,27 +744,26 @@ function fromAnswer(answer: Answer, wire: BodyReader): Outgoing {
 }
 
 /** Validates what onResponse left (status, reason, fields) and picks the body to send. */
-function checkedResponse(hres: HookResponse, wire: BodyReader, originalStatus: number): Outgoing {
+function checkedResponse(hres: HookResponse, wire: BodyReader, originalStatus: number, method: string): Outgoing {
   const status = hres.status;
   if (!isFinalStatus(status) || !isReasonPhrase(hres.reason)) throw new HookError("onResponse", "invalid");
   const fields = hres.fieldsNeedCheck ? finishHookFields(hres.currentFields, "onResponse") : hres.currentFields;
-  if (hres.bodyModified) {
+  const reason = hres.reason;
+  // RFC 9110 §6.4.1: responses to HEAD and 204/304 have no body; 200 and the like always frame one.
+  const noBodyBefore = method === "HEAD" || originalStatus === 204 || originalStatus === 304;
+  const noBodyNow = method === "HEAD" || status === 204 || status === 304;
+  if (noBodyBefore !== noBodyNow) {
+    // A status changed across that line: an empty body of the proxy's own (Content-Length: 0 where
+    // one is framed); whatever the origin sent as a body is not relayed.
+    return { status, reason, fields, own: { kind: "bytes", data: new Uint8Array(0) }, wire, abandoned: !wire.done };
+  }
+  if (hres.bodyModified && !noBodyNow) {
     const body = hres.body;
     const own = body.source as Outgoing["own"];
-    return { status, reason: hres.reason, fields, own, wire, abandoned: body.orphan !== null };
+    return { status, reason, fields, own, wire, abandoned: body.orphan !== null };
   }
-  // A status changed to one without a body (204, 304): the origin's body is not sent.
-  if ((status === 204 || status === 304) && status !== originalStatus) {
-    return {
-      status,
-      reason: hres.reason,
-      fields,
-      own: { kind: "bytes", data: new Uint8Array(0) },
-      wire,
-      abandoned: true,
-    };
-  }
-  return { status, reason: hres.reason, fields, own: null, wire: null, abandoned: false };
+  // Untouched (or only read where there is no body: HEAD and 304 keep the length they announce).
+  return { status, reason, fields, own: null, wire: null, abandoned: false };
 }
 
 /**
@@ -860,7 +899,7 @@ async function sendOwnBody(
     ? new ChunkedBodyWriter(client.out)
     : new RawBodyWriter(client.out);
   try {
-    await pumpBody(source, writer, () => client.activity = coarseNow());
+    await streamBody(client, source, writer);
     await writer.end();
   } catch (error) {
     // After the head is on the wire a failure can only abort: never fake a complete body.

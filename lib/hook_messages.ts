@@ -102,6 +102,7 @@ export class HookRequest extends HookMessage implements ProxyRequest {
   readonly #authority: string;
   readonly #path: string;
   readonly #wire: () => BodyReader;
+  readonly #beforeRead: (() => Promise<void>) | undefined;
   #url: URL | null = null;
   #urlHref = "";
 
@@ -117,8 +118,10 @@ export class HookRequest extends HookMessage implements ProxyRequest {
     dest: { hostname: string; port: number; authority: string; path: string },
     fields: Field[],
     wire: () => BodyReader,
+    beforeRead?: () => Promise<void>,
   ) {
     super(fields);
+    this.#beforeRead = beforeRead;
     this.method = method;
     this.#target = target;
     this.#authority = dest.authority;
@@ -128,7 +131,7 @@ export class HookRequest extends HookMessage implements ProxyRequest {
   }
 
   protected makeBody(): MessageBody {
-    return new MessageBody(this.#wire(), { tooLarge: bodyTooLarge("request") });
+    return new MessageBody(this.#wire(), { tooLarge: bodyTooLarge("request"), beforeRead: this.#beforeRead });
   }
 
   /** The absolute target as a URL (made on first use). */

@@ -7,7 +7,6 @@
  * @module
  */
 import { writeAnswer } from "./answer.ts";
-import { coarseNow } from "./clock.ts";
 import { closeWriteQuietly, settleWithin } from "./conn.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import type { RequestHead } from "./head.ts";
@@ -45,16 +44,11 @@ export async function answerLocally(
     answer = await answerHooks(ctx, client, head, answer);
   }
   const unread = pending !== null && !pending.done;
-  const open = await writeAnswer(client.out, answer, {
+  const open = await writeAnswer(client, answer, {
     method: head.method,
     minor: head.minor,
     close: !keepAlive || unread || ctx.stopping,
     hook: "onRequest",
-    touch: () => client.activity = coarseNow(),
-    headSent: (status) => {
-      client.finalHeadSent = true;
-      client.draft.status = status;
-    },
   });
   if (!unread) return open;
   await closeWriteQuietly(client.conn);

@@ -200,6 +200,7 @@ export class StreamBody implements BodyReader {
   readonly trailers: readonly [string, string][] = [];
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
   readonly #wrap: (error: unknown) => unknown;
+  #cancelled = false;
   /** Reads `stream`; errors it raises are mapped by `wrapError` (for example to a hook error). */
   constructor(stream: ReadableStream<Uint8Array>, wrapError: (error: unknown) => unknown) {
     this.#reader = stream.getReader();
@@ -217,6 +218,7 @@ export class StreamBody implements BodyReader {
     }
     if (r.done) {
       this.done = true;
+      if (this.#cancelled) throw this.#wrap(new Error("The body stream was cancelled"));
       return null;
     }
     if (!(r.value instanceof Uint8Array)) {
@@ -226,8 +228,12 @@ export class StreamBody implements BodyReader {
     }
     return r.value;
   }
-  /** Stops reading (the stream's source is cancelled). */
+  /**
+   * Stops reading (the stream's source is cancelled). A read waiting on the
+   * stream then fails: a cancelled body never looks complete.
+   */
   cancel(): void {
+    this.#cancelled = true;
     this.done = true;
     this.#reader.cancel().catch(() => {
       // The stream already failed; nothing more to stop.
@@ -261,9 +267,15 @@ export class MessageBody {
   /** Wraps the original body (`wire`, read as it arrives). */
   constructor(
     wire: BodyReader,
-    options: { tooLarge: (cap: number) => Error; noBody?: () => string | null; initial?: BodySource },
+    options: {
+      tooLarge: (cap: number) => Error;
+      noBody?: () => string | null;
+      initial?: BodySource;
+      /** Runs once before the first read of the wire body (a 100 Continue for a waiting client). */
+      beforeRead?: () => Promise<void>;
+    },
   ) {
-    this.#wire = wire;
+    this.#wire = options.beforeRead ? readsAfter(wire, options.beforeRead) : wire;
     if (options.initial !== undefined) this.#source = options.initial;
     this.#tooLarge = options.tooLarge;
     this.#noBody = options.noBody ?? (() => null);
@@ -308,32 +320,47 @@ export class MessageBody {
     }
     const parts: Uint8Array[] = [];
     let length = 0;
-    const add = (piece: Uint8Array) => {
-      length += piece.length;
-      if (length > maxBytes) throw this.#tooLarge(maxBytes);
-      parts.push(piece.slice()); // a wire piece is a view valid until the next read
+    // Over the cap, nothing is lost: the body becomes what was read followed by the rest,
+    // streamed (the hook may catch the error and let the exchange go on).
+    const overflow = (next: () => Promise<Uint8Array | null>, cancel: () => void): never => {
+      this.#source = { kind: "stream", stream: replayThenRest(parts, next, cancel) };
+      throw this.#tooLarge(maxBytes);
     };
     if (src.kind === "wire") {
+      const wire = this.#wire;
       while (true) {
-        const piece = await this.#wire.next();
+        const piece = await wire.next();
         if (piece === null) break;
-        add(piece);
+        parts.push(piece.slice()); // a wire piece is a view valid until the next read
+        length += piece.length;
+        if (length > maxBytes) overflow(() => wire.next().then((p) => p?.slice() ?? null), () => {});
       }
     } else {
       const reader = src.stream.getReader();
-      try {
-        while (true) {
-          const r = await reader.read();
-          if (r.done) break;
-          if (!(r.value instanceof Uint8Array)) throw new TypeError("A body stream must yield Uint8Array chunks");
-          add(r.value);
-        }
-      } catch (error) {
+      const next = async () => {
+        const r = await reader.read();
+        if (r.done) return null;
+        if (!(r.value instanceof Uint8Array)) throw new TypeError("A body stream must yield Uint8Array chunks");
+        return r.value;
+      };
+      const cancel = () => {
         reader.cancel().catch(() => {
           // Cancelling a stream that already failed has nothing left to stop.
         });
+      };
+      try {
+        while (true) {
+          const piece = await next();
+          if (piece === null) break;
+          parts.push(piece);
+          length += piece.length;
+          if (length > maxBytes) break;
+        }
+      } catch (error) {
+        cancel();
         throw error;
       }
+      if (length > maxBytes) overflow(next, cancel);
     }
     const data = parts.length === 1 ? parts[0] : concatBytes(parts, length);
     this.#source = { kind: "bytes", data };
@@ -389,6 +416,44 @@ export class MessageBody {
       },
     }, { highWaterMark: 0 });
   }
+}
+
+/** `wire` with `first` awaited once before its first read. */
+function readsAfter(wire: BodyReader, first: () => Promise<void>): BodyReader {
+  let before: Promise<void> | null = null;
+  return {
+    get done() {
+      return wire.done;
+    },
+    get trailers() {
+      return wire.trailers;
+    },
+    async next() {
+      await (before ??= first());
+      return wire.next();
+    },
+  };
+}
+
+/** A stream of `parts` (already read), then of what `next` reads. */
+function replayThenRest(
+  parts: Uint8Array[],
+  next: () => Promise<Uint8Array | null>,
+  cancel: () => void,
+): ReadableStream<Uint8Array> {
+  let i = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (i < parts.length) {
+        controller.enqueue(parts[i++]);
+        return;
+      }
+      const piece = await next();
+      if (piece === null) controller.close();
+      else controller.enqueue(piece);
+    },
+    cancel,
+  }, { highWaterMark: 0 });
 }
 
 function concatBytes(parts: readonly Uint8Array[], length: number): Uint8Array {

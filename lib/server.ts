@@ -143,6 +143,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         s.hookAbort?.abort();
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);
+        s.stream?.cancel(); // a hook's stalled body stream must not hold the shutdown
       }
       await Promise.all([...sessions].map((s) => s.done));
       await Promise.all(refusing);

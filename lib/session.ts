@@ -9,7 +9,7 @@
 import { deadlineIn } from "./clock.ts";
 import { closeQuietly, writeThenClose } from "./conn.ts";
 import { PrematureEofError, ProxyError } from "./errors.ts";
-import { answerError } from "./error_stage.ts";
+import { answerError, isSocketError } from "./error_stage.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { handleRequest } from "./forward.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
@@ -25,6 +25,8 @@ export interface Session extends ClientSide, Swept {
   busy: boolean;
   /** Method of the request being handled ("" while waiting for a head). */
   method: string;
+  /** Minor HTTP version of that request (1 while waiting for a head). */
+  minor: number;
   /** Requests this connection has carried. */
   requests: number;
   /** Whether a byte of the awaited head has arrived. */
@@ -69,6 +71,7 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     written: 0,
     draft: newDraft(onExchangeEnd !== null),
     hook: null,
+    stream: null,
     hookDeadline: 0,
     hookName: null,
     hookExpire: null,
@@ -83,6 +86,7 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     pinned: null,
     busy: false,
     method: "",
+    minor: 1,
     requests: 0,
     waitingHead: false,
     headStarted: false,
@@ -121,6 +125,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     // response's head is not this one's), and HEAD-ness belongs to this request.
     s.finalHeadSent = false;
     s.method = "";
+    s.minor = 1;
     resetDraft(s.draft);
     const inStart = s.reader.consumed;
     const outStart = s.written;
@@ -129,12 +134,15 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
       head = await readRequestHead(host, s, first);
     } catch (error) {
       if (error === TIMEOUT) {
-        if (s.timeoutAnswer === null) return;
-        await s.timeoutAnswer;
-      } else {
-        startHooks(host, s);
-        s.lingerOnClose = await answerError(ctx, s, error);
+        if (s.timeoutAnswer !== null) await s.timeoutAnswer;
+        // A connection that sent nothing was closed, not answered: no exchange, no record.
+        if (s.headStarted) endExchange(host, s, null, inStart, outStart);
+        return;
       }
+      // A client that resets or closes while idle (no byte of a head) ends no exchange.
+      if (!s.headStarted && isSocketError(error)) return;
+      startHooks(host, s);
+      s.lingerOnClose = await answerError(ctx, s, error);
       endExchange(host, s, null, inStart, outStart);
       return;
     }
@@ -143,6 +151,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     startHooks(host, s);
     if (s.draft.timed) s.draft.startedAt = performance.now();
     s.method = head.method;
+    s.minor = head.minor;
     s.requests++;
     first = false;
     s.busy = true;
@@ -293,7 +302,9 @@ export function expireHead(host: SessionHost, s: Session): void {
 /** Starts a client read if none is running, so a reset during an asynchronous hook aborts `ctx.signal`. */
 function watchClient(s: Session): void {
   const reader = s.reader;
-  if (reader.buffered > 0 || reader.eof || reader.reading) return;
+  // Not while a body streams: a request body pump may hold a view into the reader's buffer,
+  // which a new read could swap out (and the writes then notice a reset anyway).
+  if (s.inBody || reader.buffered > 0 || reader.eof || reader.reading) return;
   let read: Promise<number | null>;
   try {
     read = reader.prefetch();

@@ -24,6 +24,8 @@ export interface Swept extends HookWatch {
   /** A body is streaming either way; `activity` is its last byte. */
   inBody: boolean;
   activity: number;
+  /** A hook's body stream being sent (cancelled with the connection on a body timeout). */
+  stream: { cancel(): void } | null;
 }
 
 /** The timeouts the sweeper enforces (ms; 0 or Infinity where off). */
@@ -70,6 +72,7 @@ export function startSweeper<S extends Swept>(
         s.inBody = false;
         closeQuietly(s.conn);
         if (s.upstream) closeQuietly(s.upstream);
+        s.stream?.cancel();
       }
     }
   }, intervalMs);

@@ -10,6 +10,7 @@ import {
   deferred,
   echoTarget,
   fieldValue,
+  fieldValues,
   get,
   hasField,
   ok,
@@ -777,4 +778,235 @@ Deno.test("a header timeout goes through onError too (408)", async () => {
   assert.equal(text(res.body), "too slow\n");
   await client.assertClosed();
   assert.deepEqual(codes, ["header-timeout"]);
+});
+
+// ---------------------------------------------------------------------------
+// Findings of the review of the hook pipeline, each from the wire.
+
+Deno.test("a hook that catches BodyTooLargeError loses nothing: the whole body is still forwarded", async (t) => {
+  await t.step("request body over the cap, then a pipelined request", async () => {
+    await using origin = startOrigin(serve((req) => ok(`${req.target} got ${text(req.body)}`)));
+    await using proxy = startTestProxy({
+      hooks: {
+        async onRequest(req) {
+          try {
+            await req.text(5);
+          } catch {
+            // Too large for this hook: let it through as it came.
+          }
+        },
+      },
+    });
+    await using client = await proxy.connect();
+    const body = "A".repeat(20);
+    await client.write(
+      `POST ${origin.url("/one")} HTTP/1.1\r\nHost: ${origin.authority}\r\nContent-Length: 20\r\n\r\n${body}` +
+        get(origin.url("/two")),
+    );
+    assert.equal(text((await client.response()).body), `/one got ${body}`);
+    assert.equal(text((await client.response()).body), "/two got ");
+  });
+  await t.step("response body over the cap", async () => {
+    const body = "B".repeat(100_000);
+    await using origin = startOrigin(serve(() => ok(body)));
+    await using proxy = startTestProxy({
+      bodyTimeoutMs: 2000,
+      hooks: {
+        async onResponse(res) {
+          try {
+            await res.text(10);
+          } catch {
+            // Too large: sent on as it came.
+          }
+        },
+      },
+    });
+    const res = await proxy.roundTrip(get(origin.url("/")));
+    assert.ok(res.complete);
+    assert.equal(text(res.body), body);
+  });
+});
+
+Deno.test("onResponse changing a status across 204/304 and 200 keeps the framing right", async () => {
+  await using origin = startOrigin(
+    serve((req) =>
+      req.target === "/204"
+        ? "HTTP/1.1 204 No Content\r\n\r\n"
+        : req.target === "/304"
+        ? "HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n"
+        : ok("body")
+    ),
+  );
+  await using proxy = startTestProxy({
+    hooks: {
+      onResponse(res, req) {
+        if (req.url.pathname !== "/next") res.status = 200;
+      },
+    },
+  });
+  await using client = await proxy.connect();
+  for (const path of ["/204", "/304"]) {
+    await client.write(get(origin.url(path)));
+    const res = await client.response();
+    assert.equal(res.status, 200);
+    assert.equal(fieldValue(res.fields, "content-length"), "0");
+    assert.equal(res.body.length, 0);
+  }
+  // The connection is still in step: the next response is the next response.
+  await client.write(get(origin.url("/next")));
+  const next = await client.response();
+  assert.equal(text(next.body), "body");
+});
+
+Deno.test("the proxy's Via pair cannot be edited in place for later exchanges", async () => {
+  await using origin = startOrigin(echoTarget);
+  let first = true;
+  await using proxy = startTestProxy({
+    hooks: {
+      onResponse(res) {
+        if (!first) return;
+        first = false;
+        for (const f of res.fields) if (/^via$/i.test(f[0])) f[1] = "1.1 x\r\nSet-Cookie: evil=1";
+      },
+    },
+  });
+  const a = await proxy.roundTrip(get(origin.url("/a")));
+  assert.equal(a.status, 500, "editing a shared pair fails that exchange");
+  const b = await proxy.roundTrip(get(origin.url("/b")));
+  assert.equal(b.status, 200);
+  assert.ok(!hasField(b.fields, "set-cookie"));
+  assert.deepEqual(b.fields.filter(([n]) => n === "Via").map(([, v]) => v), ["1.1 waypost"]);
+  assert.ok(!origin.receivedText.includes("evil"));
+});
+
+Deno.test("a stalled body stream from a hook is cancelled by the body timeout; the proxy still stops", async () => {
+  let cancelled = false;
+  await using proxy = startTestProxy({
+    bodyTimeoutMs: 300,
+    hooks: {
+      onRequest: () =>
+        new Response(
+          new ReadableStream({
+            start(c) {
+              c.enqueue(new TextEncoder().encode("data: 1\n\n"));
+            },
+            cancel() {
+              cancelled = true;
+            },
+          }),
+          { headers: { "content-type": "text/event-stream" } },
+        ),
+    },
+  });
+  await using client = await proxy.connect();
+  await client.write(get("http://127.0.0.1:9/events"));
+  const head = await client.reader.readUntil("data: 1\n\n", "the first event");
+  assert.match(text(head!), /Transfer-Encoding: chunked/);
+  const rest = await client.reader.readToEnd("the close after the body timeout");
+  assert.ok(!text(rest).includes("0\r\n\r\n"), "the cut stream was made to look complete");
+  assert.ok(cancelled, "the stream was not cancelled");
+  assert.equal(proxy.handle.connections, 0);
+});
+
+Deno.test("a transform that ends a request body early does not let its rest become a request", async () => {
+  await using origin = startOrigin(serve((req) => ok(`${req.method} ${req.target} ${text(req.body)}`)));
+  await using proxy = startTestProxy({
+    hooks: {
+      onRequest(req) {
+        req.pipeThrough(
+          new TransformStream({
+            transform(chunk, c) {
+              c.enqueue(chunk.subarray(0, 4));
+              c.terminate();
+            },
+          }),
+        );
+      },
+    },
+  });
+  const smuggled = `GET ${origin.url("/smuggled")} HTTP/1.1\r\nHost: ${origin.authority}\r\n\r\n`;
+  const body = `DATA${smuggled}`;
+  await using client = await proxy.connect();
+  // "DATA" first; the rest of the declared body only after the response to the cut body.
+  await client.write(
+    `POST ${origin.url("/up")} HTTP/1.1\r\nHost: ${origin.authority}\r\nContent-Length: ${body.length}\r\n\r\nDATA`,
+  );
+  const res = await client.response();
+  assert.equal(text(res.body), "POST /up DATA");
+  assert.equal(fieldValue(res.fields, "connection"), "close");
+  await client.write(smuggled).catch(() => {
+    // The proxy may have closed already: the rest is not read as a request either way.
+  });
+  await client.assertClosed();
+  assert.ok(!origin.requestLines().some((l) => l.includes("/smuggled")), "the rest reached the origin");
+});
+
+Deno.test("an onError reply to an HTTP/1.0 client is not chunked", async () => {
+  await using proxy = startTestProxy({
+    hooks: {
+      onError: (e) =>
+        new Response(new ReadableStream({ start: (c) => (c.enqueue(new Uint8Array([65])), c.close()) }), {
+          status: e.status,
+        }),
+    },
+  });
+  await using client = await proxy.connect();
+  await client.write("GET http://127.0.0.1:1/ HTTP/1.0\r\n\r\n");
+  const res = await client.response();
+  assert.equal(res.status, 502);
+  assert.ok(!hasField(res.fields, "transfer-encoding"));
+  assert.equal(text(res.body), "A");
+});
+
+Deno.test("Expect: 100-continue: a hook reading the body makes the proxy send the 100 itself", async () => {
+  await using origin = startOrigin(
+    serve((req) => ok(`got ${text(req.body)} expect=${fieldValues(req.fields, "expect").join(",")}`)),
+  );
+  await using proxy = startTestProxy({
+    hookTimeoutMs: 2000,
+    hooks: { onRequest: async (req) => void await req.text() },
+  });
+  await using client = await proxy.connect();
+  await client.write(
+    `POST ${
+      origin.url("/")
+    } HTTP/1.1\r\nHost: ${origin.authority}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`,
+  );
+  const interim = await client.response();
+  assert.equal(interim.status, 100);
+  await client.write("hello");
+  const res = await client.response();
+  assert.equal(res.status, 200);
+  assert.equal(text(res.body), "got hello expect=");
+});
+
+Deno.test("HEAD and 304 keep their Content-Length when a hook reads the (empty) body", async () => {
+  await using origin = startOrigin(
+    serve((req) =>
+      req.method === "HEAD"
+        ? "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 123456\r\n\r\n"
+        : ok("next")
+    ),
+  );
+  await using proxy = startTestProxy({ hooks: { onResponse: async (res) => void await res.text() } });
+  await using client = await proxy.connect();
+  await client.write(`HEAD ${origin.url("/")} HTTP/1.1\r\nHost: ${origin.authority}\r\n\r\n` + get(origin.url("/n")));
+  const head = await client.response("HEAD");
+  assert.equal(fieldValue(head.fields, "content-length"), "123456");
+  assert.equal(text((await client.response()).body), "next");
+});
+
+Deno.test("records: a 408 gets one, a client that closes while idle makes none", async () => {
+  const records: ExchangeRecord[] = [];
+  await using proxy = startTestProxy({ headerTimeoutMs: 200, hooks: { onExchangeEnd: (r) => void records.push(r) } });
+  await using slow = await proxy.connect();
+  await slow.write("GET http://127.0.0.1:1/ HTTP/1.1\r\n");
+  assert.equal((await slow.response()).status, 408);
+  await slow.assertClosed();
+  const idle = await proxy.connect();
+  idle.close();
+  for (let i = 0; i < 50 && (records.length < 1 || proxy.handle.connections > 0); i++) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.deepEqual(records.map((r) => [r.status, r.error]), [[408, "header-timeout"]]);
 });
