@@ -59,6 +59,10 @@ export interface RelayOptions {
  */
 export const RELAY_BUFFER_BYTES = { min: 16 * 1024, max: 256 * 1024 } as const;
 
+/** How often a side that sent its FIN is probed for a reset (an empty write). */
+const FIN_PROBE_MS = 250;
+const EMPTY = new Uint8Array(0);
+
 /** Relays bytes both ways until both directions have ended. */
 export async function relay(client: RelaySide, origin: RelaySide, options: RelayOptions): Promise<TunnelStats> {
   const started = performance.now();
@@ -109,6 +113,7 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
           lastActivity = performance.now();
           watchIdle(); // from now on the half-closed idle limit applies too
         }
+        probeAfterFin(from.conn);
         await closeWriteQuietly(to.conn);
         return;
       }
@@ -143,12 +148,23 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
     }, Math.max(10, Math.min(1000, limit / 4)));
   }
   watchIdle();
+  // After a side's FIN nothing reads it any more, and reads there keep returning EOF even
+  // after a reset: an empty write is what notices a reset (docs/design.md, fact 13), so a
+  // side that sent its FIN is probed until the tunnel ends.
+  const probes: ReturnType<typeof setInterval>[] = [];
+  function probeAfterFin(conn: Deno.Conn): void {
+    const timer = setInterval(() => {
+      conn.write(EMPTY).catch(() => closeBoth("reset"));
+    }, FIN_PROBE_MS);
+    probes.push(timer);
+  }
   const onAbort = () => closeBoth("aborted");
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
     await Promise.all([pump(client, origin, true), pump(origin, client, false)]);
   } finally {
     clearInterval(idleTimer);
+    for (const timer of probes) clearInterval(timer);
     options.signal?.removeEventListener("abort", onAbort);
     closeQuietly(client.conn);
     closeQuietly(origin.conn);

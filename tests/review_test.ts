@@ -240,3 +240,45 @@ Deno.test("an error answer survives a request body the proxy never reads (linger
     await second.assertClosed();
   });
 });
+
+const FIN_THEN_RESET = `
+import socket, struct, sys, time
+port, target = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.connect(("127.0.0.1", port))
+s.sendall(("CONNECT %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (target, target)).encode())
+got = b""
+while b"\\r\\n\\r\\n" not in got:
+    got += s.recv(100)
+s.shutdown(socket.SHUT_WR)
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+
+Deno.test("a client that resets a half-closed tunnel closes both sides at once", async () => {
+  const finSeen = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  await using origin = startOrigin(async (c: OriginConn) => {
+    await c.reader.readToEnd("the client's FIN"); // relayed as our closeWrite
+    finSeen.resolve();
+    // The origin keeps its side open and sends nothing: only the client's reset can end the tunnel.
+    await release.promise;
+  });
+  await using proxy = startTestProxy({ connectPorts: "*" });
+  const out = await new Deno.Command("python3", {
+    args: ["-c", FIN_THEN_RESET, String(proxy.port), origin.authority],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, `python3 failed: ${new TextDecoder().decode(out.stderr)}`);
+  await finSeen.promise;
+  const reset = performance.now();
+  while (proxy.handle.connections > 0 && performance.now() - reset < 2500) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  release.resolve();
+  assert.equal(proxy.handle.connections, 0, "the tunnel outlived the client's reset");
+  assert.ok(performance.now() - reset < 2000);
+});
