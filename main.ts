@@ -175,13 +175,24 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
+  const where = `${options.hostname ?? DEFAULTS.hostname}:${options.port ?? DEFAULTS.port}`;
   let proxy;
   try {
+    // SO_REUSEPORT would let a second instance share the port with a stale one without a word:
+    // the port must be free before the workers bind it together.
+    if (workers > 1 && (options.port ?? DEFAULTS.port) !== 0) {
+      Deno.listen({ hostname: options.hostname ?? DEFAULTS.hostname, port: options.port ?? DEFAULTS.port }).close();
+    }
     proxy = startProxy({ ...options, reusePort: workers > 1 });
   } catch (error) {
     // Option validation (resolveOptions) reports a bad value as a TypeError: a usage error.
     if (error instanceof TypeError) fail(error.message);
-    console.error(`waypost: cannot listen: ${error instanceof Error ? error.message : error}`);
+    const why = error instanceof Deno.errors.AddrInUse
+      ? "the address is in use (another waypost or another program listens there)"
+      : error instanceof Error
+      ? error.message
+      : String(error);
+    console.error(`waypost: cannot listen on ${where}: ${why}`);
     Deno.exit(1);
   }
   const { hostname, port: bound } = proxy.addr;
@@ -203,6 +214,10 @@ async function main(args: string[]): Promise<void> {
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  // SIGHUP is the usual "reload" signal; with nothing to reload yet it must not end the proxy.
+  Deno.addSignalListener("SIGHUP", () => {
+    console.error("waypost: SIGHUP ignored: there is no configuration file to reload");
+  });
 }
 
 /** `--workers`: a count, or `auto` for the number of cores (default 1). */

@@ -132,7 +132,11 @@ export function connectTarget(target: string): { hostname: string; port: number 
  */
 export function checkConnectPort(ports: readonly number[] | "*", port: number): void {
   if (ports !== "*" && !ports.includes(port)) {
-    throw new ForbiddenError("CONNECT to this port is not allowed by the proxy's policy", "connect-port-denied");
+    // The port is a parsed number and the list the operator's own: safe to name both.
+    throw new ForbiddenError(
+      `CONNECT to port ${port} is not allowed (allowed: ${ports.join(", ")}; see --connect-ports)`,
+      "connect-port-denied",
+    );
   }
 }
 

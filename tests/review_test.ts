@@ -282,3 +282,79 @@ Deno.test("a client that resets a half-closed tunnel closes both sides at once",
   assert.equal(proxy.handle.connections, 0, "the tunnel outlived the client's reset");
   assert.ok(performance.now() - reset < 2000);
 });
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Runs the CLI to its exit with `args` and returns the status and stderr (bounded: 15 s). */
+async function cliExit(args: string[], denoFlags: string[] = []): Promise<{ code: number; err: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", ...denoFlags, MAIN, ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+  const [status, err] = await Promise.all([child.status, new Response(child.stderr).text()]);
+  clearTimeout(timer);
+  return { code: status.code, err };
+}
+
+Deno.test("usability: errors name what to fix", async (t) => {
+  await t.step("a CONNECT refused by the port policy names the port and --connect-ports", async () => {
+    await using proxy = startTestProxy();
+    const res = await proxy.roundTrip("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", "CONNECT");
+    assert.equal(res.status, 403);
+    assert.match(text(res.body), /port 22/);
+    assert.match(text(res.body), /--connect-ports/);
+  });
+  const held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (held.addr as Deno.NetAddr).port;
+  try {
+    await t.step("address in use: exit 1 naming the address", async () => {
+      const { code, err } = await cliExit(["--host", "127.0.0.1", "--port", String(port)]);
+      assert.equal(code, 1);
+      assert.match(err, new RegExp(`127\\.0\\.0\\.1:${port}`));
+      assert.match(err, /in use/);
+    });
+    await t.step("--workers on a port in use: refused, not shared", async () => {
+      const { code, err } = await cliExit(
+        ["--host", "127.0.0.1", "--port", String(port), "--workers", "2"],
+        ["--allow-read", "--unstable-net"],
+      );
+      assert.equal(code, 1);
+      assert.match(err, /in use/);
+    });
+  } finally {
+    held.close();
+  }
+  await t.step("SIGHUP does not end the proxy", async () => {
+    await using origin = startOrigin(echoTarget);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", MAIN, "--host", "127.0.0.1", "--port", "0"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stdout.getReader();
+    let line = "";
+    while (!line.includes("\n")) {
+      const r = await reader.read();
+      if (r.done) break;
+      line += new TextDecoder().decode(r.value);
+    }
+    reader.releaseLock();
+    const proxyPort = Number(/:(\d+)/.exec(line)?.[1]);
+    child.kill("SIGHUP");
+    await new Promise((r) => setTimeout(r, 200));
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
+    await conn.write(new TextEncoder().encode(get(origin.url("/hup"), ["Connection: close"])));
+    const reply = await new Response(conn.readable).text();
+    assert.match(reply, /^HTTP\/1.1 200 /);
+    child.kill("SIGTERM");
+    const [status, err] = await Promise.all([child.status, new Response(child.stderr).text()]);
+    await child.stdout.cancel();
+    assert.equal(status.code, 0);
+    assert.match(err, /SIGHUP ignored/);
+  });
+});
