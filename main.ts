@@ -44,6 +44,7 @@ Options:
                               a local file needs --allow-read, a URL --allow-import
   --hook-timeout DURATION     an asynchronous hook not settled by then fails with 500, 0 = no limit
                               (default ${ms(DEFAULTS.hookTimeoutMs)})
+  --proxy-status-details      Proxy-Status on error answers also names the stable error code
   --log-level LEVEL           debug, info, warn, error or silent (default info)
   --workers N|auto            event loops (threads) sharing the port (default 1); needs
                               --unstable-net and --allow-read (see README)
@@ -96,6 +97,7 @@ async function main(args: string[]): Promise<void> {
         "tunnel-idle-timeout": { type: "string" },
         hooks: { type: "string" },
         "hook-timeout": { type: "string" },
+        "proxy-status-details": { type: "boolean" },
         "log-level": { type: "string" },
         workers: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -150,6 +152,7 @@ async function main(args: string[]): Promise<void> {
     maxConnectionsPerClient: count("max-connections-per-client", values["max-connections-per-client"]),
     tunnelIdleTimeoutMs: duration("tunnel-idle-timeout", values["tunnel-idle-timeout"]),
     hookTimeoutMs: duration("hook-timeout", values["hook-timeout"]),
+    proxyStatusDetails: values["proxy-status-details"],
     logger: consoleLogger(level),
   };
   const hooksModule = values.hooks === undefined ? undefined : hooksSpecifier(values.hooks, Deno.cwd());

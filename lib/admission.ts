@@ -53,14 +53,14 @@ export class ClientCounts {
 export async function refuse(
   conn: Deno.TcpConn,
   why: Exclude<AdmissionVerdict, "admit">,
-  logger: Logger,
+  options: { logger: Logger; proxyName: string },
 ): Promise<void> {
   const a = conn.remoteAddr as Deno.NetAddr;
-  logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
+  options.logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
   const bytes = localResponse(503, {
     body: "Too many connections to the proxy\n",
     close: true,
-    fields: [["Retry-After", "1"]],
+    fields: [["Retry-After", "1"], ["Proxy-Status", `${options.proxyName}; error=connection_limit_reached`]],
   });
   try {
     await writeAll(conn, bytes);

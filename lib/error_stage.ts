@@ -13,6 +13,8 @@ import { normalizeReply } from "./hook_messages.ts";
 import { callHook } from "./hook_runner.ts";
 import { HookError, isThenable } from "./hooks.ts";
 import { errorResponse } from "./respond.ts";
+import { has } from "./fields.ts";
+import { proxyStatusField } from "./proxy_status.ts";
 import { writeAll } from "./writer.ts";
 
 /** The client side of an exchange, with the request method (HEAD answers carry no body). */
@@ -60,7 +62,13 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
   }
   s.draft.status = failure.status;
   try {
-    await writeAll(s.out, errorResponse(error, true, s.method === "HEAD"));
+    const o = ctx.options;
+    const answer = errorResponse(failure, {
+      head: s.method === "HEAD",
+      proxyName: o.via,
+      details: o.proxyStatusDetails,
+    });
+    await writeAll(s.out, answer);
     return true;
   } catch {
     // The client is gone; there is no one left to tell.
@@ -78,6 +86,10 @@ async function answerWithHook(ctx: ExchangeContext, s: ErrorTarget, error: Proxy
     if (reply === undefined || reply === null) return false;
     const answer = normalizeReply(reply);
     if (answer === null) throw new HookError("onError", "invalid");
+    // A custom page is still the proxy's own answer: it says why, unless the hook said so itself.
+    if (!has(answer.fields, "proxy-status")) {
+      answer.fields.push(proxyStatusField(ctx.options.via, error, ctx.options.proxyStatusDetails));
+    }
     await writeAnswer(s, answer, {
       method: s.method,
       minor: s.minor,

@@ -61,6 +61,11 @@ export interface ProxyOptions {
   hooks?: ProxyHooks | readonly ProxyHooks[];
   /** An asynchronous hook that has not settled after this many ms fails the exchange with 500; 0 = no limit [30000]. */
   hookTimeoutMs?: number;
+  /**
+   * `Proxy-Status` on the proxy's own error answers also carries the stable error code
+   * (`details="upstream-refused"`); it tells clients more about the path [false].
+   */
+  proxyStatusDetails?: boolean;
 }
 
 /** Options with every default filled in. */
@@ -93,6 +98,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     upstreamIdleTimeoutMs: 30_000,
     reusePort: false,
     hookTimeoutMs: 30_000,
+    proxyStatusDetails: false,
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -146,6 +152,9 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
     for (const p of ports) checkInteger("connectPorts", p, 1, 65535, "");
   }
   if (typeof out.reusePort !== "boolean") throw new TypeError("Invalid option reusePort: expected true or false");
+  if (typeof out.proxyStatusDetails !== "boolean") {
+    throw new TypeError("Invalid option proxyStatusDetails: expected true or false");
+  }
   if (out.logger !== undefined && typeof out.logger?.log !== "function") {
     throw new TypeError("Invalid option logger: expected an object with a log() method");
   }

@@ -6,6 +6,7 @@
  */
 import { encodeLatin1 } from "./ascii.ts";
 import { ProxyError } from "./errors.ts";
+import { proxyStatusField } from "./proxy_status.ts";
 import type { Field } from "./fields.ts";
 import { httpDate, REASON, serializeHead } from "./serialize.ts";
 
@@ -34,15 +35,34 @@ export function localResponse(status: number, options: LocalResponseOptions = {}
   return serializeHead(`HTTP/1.1 ${status} ${REASON[status] ?? "Unknown"}`, fields, content);
 }
 
+/** Options for {@link errorResponse}. */
+export interface ErrorResponseOptions {
+  /** Whether the connection closes after the answer [true]. */
+  close?: boolean;
+  /** Whether the request was HEAD (no body is sent) [false]. */
+  head?: boolean;
+  /** The proxy's name for `Proxy-Status` (RFC 9209); none when absent. */
+  proxyName?: string;
+  /** Whether `Proxy-Status` carries the stable error code as `details` [false]. */
+  details?: boolean;
+}
+
 /**
- * The response for an error: its status and a short plain-text body naming the
- * cause. Messages of the proxy's own errors are fixed strings written by us
- * (never attacker input); anything else becomes a generic 500. For a HEAD
- * request (`head`), no body is sent (RFC 9110 §9.3.2).
+ * The response for an error: its status, `Proxy-Status` with the RFC 9209
+ * error type, and a short plain-text body naming the cause. Messages of the
+ * proxy's own errors are fixed strings written by us (never attacker input);
+ * anything else becomes a generic 500. For a HEAD request (`head`), no body is
+ * sent (RFC 9110 §9.3.2).
  */
-export function errorResponse(error: unknown, close = true, head = false): Uint8Array {
-  if (error instanceof ProxyError) {
-    return localResponse(error.status, { body: `${error.message}\n`, close, head });
-  }
-  return localResponse(500, { body: "Internal proxy error\n", close, head });
+export function errorResponse(error: unknown, options: ErrorResponseOptions = {}): Uint8Array {
+  const failure = error instanceof ProxyError
+    ? error
+    : new ProxyError("Internal proxy error", { status: 500, code: "internal-error" });
+  const fields = options.proxyName ? [proxyStatusField(options.proxyName, failure, options.details)] : [];
+  return localResponse(failure.status, {
+    body: `${failure.message}\n`,
+    close: options.close ?? true,
+    head: options.head,
+    fields,
+  });
 }

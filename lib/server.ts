@@ -83,7 +83,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     const address = (conn.remoteAddr as Deno.NetAddr).hostname;
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
     if (verdict !== "admit") {
-      const closing = refuse(conn, verdict, logger);
+      const closing = refuse(conn, verdict, { logger, proxyName: opts.via });
       refusing.add(closing);
       closing.finally(() => refusing.delete(closing));
       return;

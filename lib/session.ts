@@ -291,7 +291,8 @@ export function expireHead(host: SessionHost, s: Session): void {
   if (host.hooks === null || host.hooks.onError === null) {
     s.draft.status = 408;
     s.draft.error = error.code;
-    writeThenClose(s.conn, errorResponse(error));
+    const o = host.ctx.options;
+    writeThenClose(s.conn, errorResponse(error, { proxyName: o.via, details: o.proxyStatusDetails }));
     return;
   }
   // onError may answer (and may take its time): the session's pending read ends at the close.

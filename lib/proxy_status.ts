@@ -1,0 +1,62 @@
+/**
+ * `Proxy-Status` (RFC 9209) for the answers the proxy writes itself: its name
+ * and the error type from the RFC's registry (§2.3) for each stable error code.
+ * Pure: no I/O.
+ *
+ * @module
+ */
+import { ProxyError } from "./errors.ts";
+import type { Field } from "./fields.ts";
+
+/** RFC 9209 §2.3 error types for the proxy's own stable codes (others by status: see {@link proxyErrorType}). */
+const TYPES: Readonly<Record<string, string>> = Object.freeze({
+  "upstream-unresolvable": "dns_error",
+  "upstream-refused": "connection_refused",
+  "upstream-connect-timeout": "connection_timeout",
+  "upstream-unreachable": "destination_ip_unroutable",
+  "upstream-not-permitted": "destination_ip_prohibited",
+  "upstream-connect-failed": "destination_unavailable",
+  "upstream-reset": "connection_terminated",
+  "upstream-closed": "connection_terminated",
+  "upstream-write-failed": "connection_write_timeout",
+  "upstream-response-timeout": "http_response_timeout",
+  "upstream-truncated-head": "http_response_incomplete",
+  "upstream-bad-framing": "http_response_transfer_coding",
+  "upstream-coding-for-http10": "http_response_transfer_coding",
+  "upstream-unexpected-101": "http_upgrade_failed",
+  "upstream-too-many-interim": "http_protocol_error",
+  "upstream-body-failed": "http_response_incomplete",
+  "loop-detected": "proxy_loop_detected",
+  "connect-port-denied": "http_request_denied",
+  "connect-denied": "http_request_denied",
+  "max-connections": "connection_limit_reached",
+  "max-connections-per-client": "connection_limit_reached",
+});
+
+/** The RFC 9209 error type for an error of the proxy's own. */
+export function proxyErrorType(error: ProxyError): string {
+  const known = TYPES[error.code];
+  if (known !== undefined) return known;
+  if (error.code === "upstream-bad-response") {
+    // The origin's head was invalid: too large, or not HTTP at all.
+    const cause = error.cause;
+    return cause instanceof ProxyError && cause.code === "head-too-large"
+      ? "http_response_header_section_size"
+      : "http_protocol_error";
+  }
+  if (error.code.startsWith("hook-")) return "proxy_internal_error";
+  if (error.status === 403) return "http_request_denied";
+  if (error.status >= 400 && error.status < 500) return "http_request_error";
+  return "proxy_internal_error";
+}
+
+/**
+ * The `Proxy-Status` field for an answer the proxy writes for `error`: its name
+ * (the `Via` pseudonym, a token) and the error type; with `details`, the stable
+ * code too (it tells a client more about the path, so it is off by default).
+ */
+export function proxyStatusField(name: string, error: ProxyError, details = false): Field {
+  const type = proxyErrorType(error);
+  // The code is one of ours ([a-z0-9-]): safe inside a quoted string.
+  return ["Proxy-Status", details ? `${name}; error=${type}; details="${error.code}"` : `${name}; error=${type}`];
+}
