@@ -10,6 +10,8 @@ import denoJson from "./deno.json" with { type: "json" };
 import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
 import { DEFAULTS, MAX_TIMEOUT_MS, parseDuration, type ProxyOptions } from "./lib/options.ts";
 import { hooksSpecifier, loadHooks } from "./lib/hooks_loader.ts";
+import { type AccessLogConfig, accessLogFor, LOG_FORMATS, type LogFormat } from "./lib/access_log.ts";
+import type { ProxyHooks } from "./lib/hooks.ts";
 import { startProxy } from "./lib/server.ts";
 
 /** Shutdown grace period when --grace is not given. */
@@ -45,7 +47,12 @@ Options:
   --hook-timeout DURATION     an asynchronous hook not settled by then fails with 500, 0 = no limit
                               (default ${ms(DEFAULTS.hookTimeoutMs)})
   --proxy-status-details      Proxy-Status on error answers also names the stable error code
-  --log-level LEVEL           debug, info, warn, error or silent (default info)
+  --log-format FORMAT         access log: json, squid, common, text or none (default: text on a
+                              terminal, json otherwise)
+  --log-file PATH             append the access log to PATH (needs --allow-write=PATH; reopened on
+                              SIGHUP for log rotation); default: standard output
+  --log-query                 keep query strings in the access log (default: stripped)
+  --log-level LEVEL           diagnostics on stderr: debug, info, warn, error or silent (default info)
   --workers N|auto            event loops (threads) sharing the port (default 1); needs
                               --unstable-net and --allow-read (see README)
   -h, --help                  print this help and exit
@@ -98,6 +105,9 @@ async function main(args: string[]): Promise<void> {
         hooks: { type: "string" },
         "hook-timeout": { type: "string" },
         "proxy-status-details": { type: "boolean" },
+        "log-format": { type: "string" },
+        "log-file": { type: "string" },
+        "log-query": { type: "boolean" },
         "log-level": { type: "string" },
         workers: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -155,10 +165,35 @@ async function main(args: string[]): Promise<void> {
     proxyStatusDetails: values["proxy-status-details"],
     logger: consoleLogger(level),
   };
+  const formatText = values["log-format"] ??
+    (Deno.stdout.isTerminal() && values["log-file"] === undefined ? "text" : "json");
+  if (formatText !== "none" && !(LOG_FORMATS as readonly string[]).includes(formatText)) {
+    fail(`invalid --log-format: ${JSON.stringify(formatText)} (json, squid, common, text or none)`);
+  }
+  const logConfig: AccessLogConfig | null = formatText === "none"
+    ? null
+    : { format: formatText as LogFormat, file: values["log-file"] ?? null, query: values["log-query"] ?? false };
+  let access: ReturnType<typeof accessLogFor> | null = null;
+  if (logConfig !== null) {
+    try {
+      access = accessLogFor(logConfig);
+    } catch (error) {
+      const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+        ? ` (run with --allow-write=${logConfig.file})`
+        : "";
+      console.error(
+        `waypost: cannot open --log-file ${logConfig.file}: ${error instanceof Error ? error.message : error}${hint}`,
+      );
+      Deno.exit(1);
+    }
+  }
+  const builtIn: ProxyHooks[] = access === null ? [] : [access.log.hooks];
+  options.hooks = builtIn.length > 0 ? builtIn : undefined;
   const hooksModule = values.hooks === undefined ? undefined : hooksSpecifier(values.hooks, Deno.cwd());
   if (hooksModule !== undefined) {
     try {
-      options.hooks = await loadHooks(hooksModule);
+      const user = await loadHooks(hooksModule);
+      options.hooks = [...builtIn, ...(Array.isArray(user) ? user : [user])];
     } catch (error) {
       const why = error instanceof Error ? error.message : String(error);
       const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
@@ -204,6 +239,7 @@ async function main(args: string[]): Promise<void> {
     { ...options, logger: undefined, hooks: undefined, port: bound },
     level,
     hooksModule,
+    logConfig,
   );
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
   console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);
@@ -212,14 +248,27 @@ async function main(args: string[]): Promise<void> {
   const onSignal = () => {
     if (++signals > 1) Deno.exit(0); // a second signal exits at once
     Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs))])
+      .then(() => access?.log.flush(1000))
       .catch((error) => console.error(`waypost: shutdown: ${error instanceof Error ? error.message : error}`))
       .finally(() => Deno.exit(0));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
-  // SIGHUP is the usual "reload" signal; with nothing to reload yet it must not end the proxy.
+  // SIGHUP: the log file is reopened (log rotation); there is no configuration file to reload yet.
   Deno.addSignalListener("SIGHUP", () => {
-    console.error("waypost: SIGHUP ignored: there is no configuration file to reload");
+    for (const worker of threads) worker.postMessage({ type: "reopen-log" });
+    if (access === null || logConfig?.file == null) {
+      console.error("waypost: SIGHUP ignored: there is no configuration file to reload");
+      return;
+    }
+    const old = access.sink;
+    try {
+      const fresh = accessLogFor(logConfig).sink;
+      access.sink = fresh;
+      access.log.reopen(fresh).then(() => old.close?.());
+    } catch (error) {
+      console.error(`waypost: cannot reopen --log-file: ${error instanceof Error ? error.message : error}`);
+    }
   });
 }
 
@@ -239,6 +288,7 @@ function startWorkers(
   options: ProxyOptions,
   logLevel: LogLevel,
   hooksModule: string | undefined,
+  accessLog: AccessLogConfig | null,
 ): Promise<Worker[]> {
   const started = Array.from({ length: count }, () =>
     new Promise<Worker>((resolve) => {
@@ -255,7 +305,7 @@ function startWorkers(
           Deno.exit(1);
         }
       };
-      worker.postMessage({ type: "start", options, logLevel, hooksModule });
+      worker.postMessage({ type: "start", options, logLevel, hooksModule, accessLog });
     }));
   return Promise.all(started);
 }

@@ -77,3 +77,12 @@ export { ChunkedDecoder, type ChunkedLimits, DEFAULT_CHUNKED_LIMITS } from "./li
 export { contentLength, type Framing, requestFraming, responseFraming } from "./lib/framing.ts";
 export { type Field, stripHopByHop } from "./lib/fields.ts";
 export { consoleLogger, LOG_LEVELS, type Logger, type LogLevel, silentLogger } from "./lib/log.ts";
+export {
+  AccessLog,
+  type AccessLogOptions,
+  type FormatOptions,
+  formatRecord,
+  LOG_FORMATS,
+  type LogFormat,
+  type LogSink,
+} from "./lib/access_log.ts";

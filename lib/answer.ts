@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type Field, has } from "./fields.ts";
+import { type Field, getAll, has } from "./fields.ts";
 import type { Answer } from "./hook_messages.ts";
 import { HookError, type HookName } from "./hooks.ts";
 import { StreamBody } from "./message_view.ts";
@@ -77,6 +77,7 @@ export async function writeAnswer(client: ClientSide, answer: Answer, o: AnswerO
   await writeAll(out, serializeHead(`HTTP/1.1 ${answer.status} ${answer.reason}`, fields, inline));
   client.finalHeadSent = true;
   client.draft.status = answer.status;
+  if (client.draft.timed) client.draft.contentType = getAll(fields, "content-type")[0] ?? null;
   if (reader !== null && !reader.done) {
     const writer: BodyWriter = framing.kind === "chunked" ? new ChunkedBodyWriter(out) : new RawBodyWriter(out);
     await streamBody(client, reader, writer);

@@ -61,6 +61,7 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
     if (await answerWithHook(ctx, s, failure)) return true;
   }
   s.draft.status = failure.status;
+  s.draft.contentType = "text/plain; charset=utf-8"; // errorResponse's
   try {
     const o = ctx.options;
     const answer = errorResponse(failure, {

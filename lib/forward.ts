@@ -669,6 +669,7 @@ async function respond(
     }
     client.finalHeadSent = true;
     client.draft.status = plan.resStatus;
+    if (client.draft.timed) client.draft.contentType = firstValue(outgoing?.fields ?? fields, "content-type");
     const chunked = plan.resChunked;
     const body = bodyReader(up.reader, plan.resRest, ctx.responseChunkedLimits);
     // A body that went out whole with the head needs no copy (and no async frame).
@@ -894,6 +895,7 @@ async function sendOwnBody(
   );
   client.finalHeadSent = true;
   client.draft.status = outgoing.status;
+  if (client.draft.timed) client.draft.contentType = firstValue(fields, "content-type");
   if (source === null || source.done) return !clientClose;
   const writer: BodyWriter = framing.kind === "chunked"
     ? new ChunkedBodyWriter(client.out)
@@ -909,6 +911,12 @@ async function sendOwnBody(
     return null;
   }
   return !clientClose;
+}
+
+/** The first value of a field, or null. */
+function firstValue(fields: readonly Field[], name: string): string | null {
+  const values = getAll(fields, name);
+  return values.length > 0 ? values[0] : null;
 }
 
 /** Whether any credentials or challenges use a connection-oriented scheme (NTLM, Negotiate). */

@@ -308,6 +308,8 @@ export interface ExchangeRecord {
   tunnelEnd: TunnelEndRecord | null;
   /** The client connection's id (same as {@link HookContext.connectionId}). */
   connectionId: number;
+  /** The `Content-Type` of the response sent to the client, or null (for logs such as Squid's `%mt`). */
+  contentType: string | null;
 }
 
 /**

@@ -28,6 +28,8 @@ export interface RecordDraft {
   /** For tunnels: the client reader's `consumed` and the client's `written` when the relay began. */
   inAtTunnel: number;
   outAtTunnel: number;
+  /** The response's Content-Type (noted only when records are made). */
+  contentType: string | null;
 }
 
 /** A fresh draft. */
@@ -45,6 +47,7 @@ export function newDraft(timed: boolean): RecordDraft {
     tunnel: null,
     inAtTunnel: 0,
     outAtTunnel: 0,
+    contentType: null,
   };
 }
 
@@ -61,6 +64,7 @@ export function resetDraft(d: RecordDraft): void {
   d.tunnel = null;
   d.inAtTunnel = 0;
   d.outAtTunnel = 0;
+  d.contentType = null;
 }
 
 /** Milliseconds since the draft's start, rounded to 0.01 ms (null when untimed). */
@@ -108,5 +112,6 @@ export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord 
     error: d.error,
     tunnelEnd: tunnel === null ? null : { end: tunnel.end, firstFin: tunnel.firstFin },
     connectionId: facts.connectionId,
+    contentType: d.contentType,
   };
 }

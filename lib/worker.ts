@@ -14,27 +14,46 @@
 import { consoleLogger, type LogLevel } from "./log.ts";
 import type { ProxyOptions } from "./options.ts";
 import { loadHooks } from "./hooks_loader.ts";
+import { type AccessLogConfig, accessLogFor } from "./access_log.ts";
+import type { ProxyHooks } from "./hooks.ts";
 import { type ProxyHandle, startProxy } from "./server.ts";
 
 let proxy: ProxyHandle | null = null;
+let access: ReturnType<typeof accessLogFor> | null = null;
+let accessConfig: AccessLogConfig | null = null;
 
 self.onmessage = async (event: MessageEvent) => {
   const message = event.data as
-    | { type: "start"; options: ProxyOptions; logLevel: LogLevel; hooksModule?: string }
-    | { type: "shutdown"; graceMs: number };
+    | {
+      type: "start";
+      options: ProxyOptions;
+      logLevel: LogLevel;
+      hooksModule?: string;
+      accessLog: AccessLogConfig | null;
+    }
+    | { type: "shutdown"; graceMs: number }
+    | { type: "reopen-log" };
   if (message.type === "start") {
     try {
-      const hooks = message.hooksModule === undefined ? undefined : await loadHooks(message.hooksModule);
+      const user = message.hooksModule === undefined ? [] : await loadHooks(message.hooksModule);
+      accessConfig = message.accessLog;
+      access = accessConfig === null ? null : accessLogFor(accessConfig);
+      const hooks: ProxyHooks[] = [...(access ? [access.log.hooks] : []), ...(Array.isArray(user) ? user : [user])];
       const logger = consoleLogger(message.logLevel);
-      proxy = startProxy({ ...message.options, hooks, reusePort: true, logger });
+      proxy = startProxy({ ...message.options, hooks: hooks.length > 0 ? hooks : undefined, reusePort: true, logger });
       self.postMessage({ type: "listening" });
     } catch (error) {
       self.postMessage({ type: "error", message: error instanceof Error ? error.message : String(error) });
     }
   } else if (message.type === "shutdown") {
-    const stopping = proxy?.shutdown(message.graceMs) ?? Promise.resolve();
+    const stopping = (proxy?.shutdown(message.graceMs) ?? Promise.resolve()).then(() => access?.log.flush(1000));
     stopping.catch(() => {
       // Stopping failed part-way; the main thread terminates this thread either way.
     }).finally(() => self.postMessage({ type: "stopped" }));
+  } else if (message.type === "reopen-log" && access !== null && accessConfig?.file != null) {
+    const old = access.sink;
+    const fresh = accessLogFor(accessConfig).sink;
+    access.sink = fresh;
+    access.log.reopen(fresh).then(() => old.close?.());
   }
 };
