@@ -4,8 +4,10 @@
  * compared); the proxy runs pinned to CPU 0 with each hook variant in turn,
  * interleaved over several rounds, and the medians of requests per second and
  * per proxy CPU-second are compared with the hook-free run of the same round.
+ * Two more variants run the built-in access log (json and squid lines, to stdout,
+ * which is /dev/null here): its cost against logging off.
  *
- *   deno task bench:hooks [--rounds 5] [--duration 5] [--connections 50] [--baseline DIR]
+ *   deno task bench:hooks [--rounds 5] [--duration 5] [--connections 50] [--baseline DIR] [--only log,headers]
  *
  * --baseline DIR: also run DIR/main.ts (another checkout, e.g. `git worktree add
  * /tmp/before <commit>`) as the variant "baseline" (the figures the hook-free
@@ -22,6 +24,7 @@ const { values } = parseArgs({
     duration: { type: "string", default: "5" },
     connections: { type: "string", default: "50" },
     baseline: { type: "string" },
+    only: { type: "string" },
   },
 });
 const ROUNDS = Number(values.rounds);
@@ -35,13 +38,18 @@ if (!NGINX || !WRK) {
 }
 
 const here = (path: string) => new URL(path, import.meta.url).pathname;
-const variants: { name: string; main: string; hooks: string | null }[] = [
-  ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, hooks: null }] : []),
-  { name: "no hooks", main: here("../main.ts"), hooks: null },
-  { name: "sync no-op onRequest + onResponse", main: here("../main.ts"), hooks: here("hooks/noop.ts") },
-  { name: "headers touched", main: here("../main.ts"), hooks: here("hooks/headers.ts") },
-  { name: "async no-op onRequest + onResponse", main: here("../main.ts"), hooks: here("hooks/async_noop.ts") },
-];
+const main = here("../main.ts");
+const OFF = ["--log-format", "none"];
+const variants: { name: string; main: string; args: string[] }[] = [
+  ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, args: [] }] : []),
+  { name: "no hooks", main, args: OFF },
+  { name: "sync no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/noop.ts")] },
+  { name: "headers touched", main, args: [...OFF, "--hooks", here("hooks/headers.ts")] },
+  { name: "async no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/async_noop.ts")] },
+  // The access log (issue 10): the built-in onExchangeEnd consumer, to /dev/null (stdout).
+  { name: "access log json", main, args: ["--log-format", "json"] },
+  { name: "access log squid", main, args: ["--log-format", "squid"] },
+].filter((v) => !values.only || v.name === "no hooks" || values.only.split(",").some((s) => v.name.includes(s)));
 
 const tmp = await Deno.makeTempDir({ prefix: "waypost-bench-hooks-" });
 const www = `${tmp}/www`;
@@ -116,7 +124,7 @@ try {
       const port = freePort();
       const args = ["run", "--allow-net", "--allow-read", "--v8-flags=--max-semi-space-size=2", v.main];
       args.push("--port", String(port), "--log-level", "error", "--max-connections-per-client", "4096");
-      if (v.hooks) args.push("--hooks", v.hooks);
+      args.push(...v.args);
       const [c, a] = pinned(0, Deno.execPath(), args);
       const proxy = new Deno.Command(c, { args: a, stdout: "null", stderr: "null" }).spawn();
       try {

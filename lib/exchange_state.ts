@@ -55,10 +55,10 @@ export interface ExchangeHooks {
 export interface ClientSide extends HookWatch {
   readonly conn: Deno.TcpConn;
   readonly reader: ConnReader;
-  /** Writes to the client and counts the bytes in {@link ClientSide.written}. */
+  /** Writes to the client (a `CountingWriter` when exchange records are made). */
   readonly out: Writable;
-  /** Bytes written to the client on this connection (heads and bodies). */
-  written: number;
+  /** Bytes written to the client on this connection (heads and bodies; 0 when not counted). */
+  readonly written: number;
   /** Set once a final response head has been written (errors can no longer be reported). */
   finalHeadSent: boolean;
   /** The upstream connection in use, so a forced shutdown can close it. */

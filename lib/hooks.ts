@@ -310,6 +310,8 @@ export interface ExchangeRecord {
   connectionId: number;
   /** The `Content-Type` of the response sent to the client, or null (for logs such as Squid's `%mt`). */
   contentType: string | null;
+  /** When the exchange ended, in ms since the epoch. */
+  endedAt: number;
 }
 
 /**

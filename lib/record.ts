@@ -18,7 +18,7 @@ export interface RecordDraft {
   reused: boolean;
   /** Whether timings are taken (only when an `onExchangeEnd` listens: `performance.now()` is a runtime call). */
   timed: boolean;
-  /** `performance.now()` when the request head was complete. */
+  /** `performance.now()` when the first byte of the request head arrived (0: none did). */
   startedAt: number;
   connectMs: number | null;
   firstByteMs: number | null;
@@ -57,7 +57,7 @@ export function resetDraft(d: RecordDraft): void {
   d.status = 0;
   d.upstream = null;
   d.reused = false;
-  d.startedAt = d.timed ? performance.now() : 0;
+  d.startedAt = 0;
   d.connectMs = null;
   d.firstByteMs = null;
   d.error = null;
@@ -65,11 +65,6 @@ export function resetDraft(d: RecordDraft): void {
   d.inAtTunnel = 0;
   d.outAtTunnel = 0;
   d.contentType = null;
-}
-
-/** Milliseconds since the draft's start, rounded to 0.01 ms (null when untimed). */
-export function elapsedMs(d: RecordDraft): number | null {
-  return d.timed ? Math.round((performance.now() - d.startedAt) * 100) / 100 : null;
 }
 
 /** Facts about the exchange that only the session knows. */
@@ -87,6 +82,9 @@ export interface RecordFacts {
 
 /** Builds the record from a finished draft. */
 export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord {
+  // One clock read for the total and the wall-clock end (performance.now() is a runtime call).
+  const now = performance.now();
+  const total = d.startedAt > 0 ? Math.round((now - d.startedAt) * 100) / 100 : 0;
   let upstream: ExchangeRecord["upstream"] = null;
   if (d.upstream !== null) {
     try {
@@ -108,10 +106,11 @@ export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord 
     // A relay reads and writes past the counters: its own byte counts take over where it began.
     bytesFromClient: tunnel === null ? facts.inNow - facts.inStart : d.inAtTunnel - facts.inStart + tunnel.bytesUp,
     bytesToClient: tunnel === null ? facts.outNow - facts.outStart : d.outAtTunnel - facts.outStart + tunnel.bytesDown,
-    timings: { connect: d.connectMs, firstByte: d.firstByteMs, total: elapsedMs(d) ?? 0 },
+    timings: { connect: d.connectMs, firstByte: d.firstByteMs, total },
     error: d.error,
     tunnelEnd: tunnel === null ? null : { end: tunnel.end, firstFin: tunnel.firstFin },
     connectionId: facts.connectionId,
     contentType: d.contentType,
+    endedAt: Math.round(performance.timeOrigin + now),
   };
 }

@@ -18,7 +18,7 @@ import { ConnReader } from "./reader.ts";
 import { buildRecord, newDraft, resetDraft } from "./record.ts";
 import { errorResponse } from "./respond.ts";
 import { peer, type Swept } from "./sweeper.ts";
-import type { Writable } from "./writer.ts";
+import { CountingWriter, type Writable } from "./writer.ts";
 
 /** One client connection's state. */
 export interface Session extends ClientSide, Swept {
@@ -68,7 +68,9 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
     conn,
     reader: new ConnReader(conn, 256 * 1024),
     out: conn as Writable,
-    written: 0,
+    get written(): number {
+      return this.out instanceof CountingWriter ? this.out.written : 0;
+    },
     draft: newDraft(onExchangeEnd !== null),
     hook: null,
     stream: null,
@@ -102,17 +104,8 @@ export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
   // While a hook is pending nothing reads the client: a read started then notices a reset
   // and aborts ctx.signal. (Bytes it gets stay buffered for the exchange; a FIN is a half-close.)
   if (hooks !== null) session.hookWaiting = () => watchClient(session);
-  // Bytes to the client are counted only when a record is made (one promise less per write otherwise).
-  if (onExchangeEnd !== null) {
-    (session as { out: Writable }).out = {
-      write(p: Uint8Array): Promise<number> {
-        return conn.write(p).then((n) => {
-          session.written += n;
-          return n;
-        });
-      },
-    };
-  }
+  // Bytes to the client are counted only when a record is made.
+  if (onExchangeEnd !== null) (session as { out: Writable }).out = new CountingWriter(conn);
   return session;
 }
 
@@ -149,7 +142,6 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     if (head === null) return;
     // The hook context is made when a request is there (an idle keep-alive connection holds none).
     startHooks(host, s);
-    if (s.draft.timed) s.draft.startedAt = performance.now();
     s.method = head.method;
     s.minor = head.minor;
     s.requests++;
@@ -170,9 +162,12 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
   }
 }
 
-/** Gives the exchange its hook context when hooks are set. */
+/** Gives the exchange its hook context when a hook that takes one is set (not for onExchangeEnd alone). */
 function startHooks(host: SessionHost, s: Session): void {
-  if (host.hooks !== null && s.hook === null) s.hook = { ctx: new SessionHookContext(s), req: null, responded: false };
+  const h = host.hooks;
+  if (h === null || s.hook !== null) return;
+  if (h.onRequest === null && h.onResponse === null && h.onConnect === null && h.onError === null) return;
+  s.hook = { ctx: new SessionHookContext(s), req: null, responded: false };
 }
 
 /** A hook context whose address and signal are made on first use. */
@@ -262,6 +257,7 @@ async function readRequestHead(host: SessionHost, s: Session, first: boolean): P
       }
       if (!s.headStarted) {
         s.headStarted = true;
+        if (s.draft.timed) s.draft.startedAt = performance.now(); // the exchange's timings start here
         if (!first) s.deadline = deadlineIn(host.headerTimeoutMs, tickMs);
       }
       const used = parser.push(chunk);

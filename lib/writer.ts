@@ -17,11 +17,38 @@ export function writeAll(conn: Writable, data: Uint8Array): Promise<void> {
   if (data.length === 0) return DONE;
   // The usual write takes everything at once: no async frame of our own and no view
   // unless the write was partial (then the rest follows in a loop).
-  return conn.write(data).then((n) => n < data.length ? writeRest(conn, data, n) : undefined);
+  return conn.write(data).then((n) => {
+    if (n >= data.length) return;
+    // A counting writer counted all of `data`; what was not written is counted again with the rest.
+    if (conn instanceof CountingWriter) conn.written -= data.length - n;
+    return writeRest(conn, data, n);
+  });
+}
+
+/**
+ * A connection's writes, counted (bytes to the client for exchange records):
+ * synchronously, without a promise per write; {@link writeAll} corrects the
+ * count for a partial write.
+ */
+export class CountingWriter implements Writable {
+  /** Bytes written so far. */
+  written = 0;
+  /** Counts writes to `conn`. */
+  constructor(readonly conn: Writable) {}
+  /** Writes (some of) `p`; counts all of it (see {@link writeAll}). */
+  write(p: Uint8Array): Promise<number> {
+    this.written += p.length;
+    return this.conn.write(p);
+  }
 }
 
 async function writeRest(conn: Writable, data: Uint8Array, offset: number): Promise<void> {
-  while (offset < data.length) offset += await conn.write(data.subarray(offset));
+  while (offset < data.length) {
+    const rest = data.length - offset;
+    const n = await conn.write(data.subarray(offset));
+    if (n < rest && conn instanceof CountingWriter) conn.written -= rest - n;
+    offset += n;
+  }
 }
 
 const DONE: Promise<void> = Promise.resolve();

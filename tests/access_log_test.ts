@@ -9,6 +9,8 @@ import { AccessLog, formatRecord, type LogSink } from "../lib/access_log.ts";
 import type { ExchangeRecord } from "../lib/hooks.ts";
 import { echoTarget, get, startOrigin, startTestProxy } from "./util.ts";
 
+const NOW = Date.UTC(2026, 11, 3, 8, 46, 33, 123);
+
 function record(over: Partial<ExchangeRecord> = {}): ExchangeRecord {
   return {
     kind: "http",
@@ -25,11 +27,11 @@ function record(over: Partial<ExchangeRecord> = {}): ExchangeRecord {
     tunnelEnd: null,
     connectionId: 7,
     contentType: "text/html; charset=utf-8",
+    endedAt: NOW,
     ...over,
   };
 }
 
-const NOW = Date.UTC(2026, 11, 3, 8, 46, 33, 123);
 const ROWS: { name: string; r: ExchangeRecord; squid: string }[] = [
   { name: "a plain exchange", r: record(), squid: "TCP_MISS/200" },
   {
@@ -78,6 +80,8 @@ Deno.test("json lines parse back with the documented schema; query strings strip
     });
   }
   assert.match(JSON.parse(formatRecord(record(), "json", { query: true })).target, /secret=1/);
+  assert.equal(JSON.parse(formatRecord(record(), "json", { now: NOW - 118 })).time, "2026-12-03T08:46:33.005Z");
+  assert.equal(JSON.parse(formatRecord(record(), "json", { now: NOW - 123 })).time, "2026-12-03T08:46:33.000Z");
 });
 
 // Squid: %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt
@@ -125,6 +129,8 @@ Deno.test("the writer never blocks: a stalled sink makes lines drop and count", 
     write: (p) => stalledNow ? new Promise((resolve) => release = () => resolve(p.length)) : Promise.resolve(p.length),
   };
   const log = new AccessLog(stalled, { maxPendingBytes: 2000 });
+  for (let i = 0; i < 5; i++) log.add(record());
+  await log.flush(10); // the batch is written now, and the sink stalls on it
   for (let i = 0; i < 100; i++) log.add(record());
   assert.ok(log.dropped > 0, "nothing was dropped");
   stalledNow = false;
