@@ -2,7 +2,7 @@
  * The hooks benchmark: the cost of the hook API in a real proxy process. nginx
  * is the origin and wrk the load (100-byte responses, keep-alive, every body
  * compared); the proxy runs pinned to CPU 0 with each hook variant in turn,
- * interleaved over several rounds, and the medians of requests per second and
+ * interleaved over several rounds (the order reversed every other round), and the medians of requests per second and
  * per proxy CPU-second are compared with the hook-free run of the same round.
  * Two more variants run the built-in access log (json and squid lines, to stdout,
  * which is /dev/null here): its cost against logging off.
@@ -49,7 +49,10 @@ const variants: { name: string; main: string; args: string[] }[] = [
   // The access log (issue 10): the built-in onExchangeEnd consumer, to /dev/null (stdout).
   { name: "access log json", main, args: ["--log-format", "json"] },
   { name: "access log squid", main, args: ["--log-format", "squid"] },
-].filter((v) => !values.only || v.name === "no hooks" || values.only.split(",").some((s) => v.name.includes(s)));
+].filter((v) =>
+  !values.only || v.name === "no hooks" || v.name === "baseline" ||
+  values.only.split(",").some((s) => v.name.includes(s))
+);
 
 const tmp = await Deno.makeTempDir({ prefix: "waypost-bench-hooks-" });
 const www = `${tmp}/www`;
@@ -120,7 +123,8 @@ const results = new Map<string, { rps: number[]; perCpu: number[]; bad: number }
 try {
   await waitForPort(originPort);
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const v of variants) {
+    // Odd rounds run the variants in order, even rounds in reverse: no variant always goes first.
+    for (const v of round % 2 === 1 ? variants : [...variants].reverse()) {
       const port = freePort();
       const args = ["run", "--allow-net", "--allow-read", "--v8-flags=--max-semi-space-size=2", v.main];
       args.push("--port", String(port), "--log-level", "error", "--max-connections-per-client", "4096");

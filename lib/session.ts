@@ -10,12 +10,13 @@ import { deadlineIn } from "./clock.ts";
 import { closeQuietly, writeThenClose } from "./conn.ts";
 import { PrematureEofError, ProxyError } from "./errors.ts";
 import { answerError, isSocketError } from "./error_stage.ts";
-import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
+import type { ClientSide, ExchangeContext, ExchangeHooks, ResetWatch } from "./exchange_state.ts";
 import { handleRequest } from "./forward.ts";
 import { type HeadLimits, HeadParser, type RequestHead } from "./head.ts";
-import type { ComposedHooks, ExchangeRecord, HookContext } from "./hooks.ts";
+import type { ComposedHooks, ExchangeRecord, HookContext, HookError, HookName } from "./hooks.ts";
+import type { UpstreamConn } from "./upstream.ts";
 import { ConnReader } from "./reader.ts";
-import { buildRecord, newDraft, resetDraft } from "./record.ts";
+import { buildRecord, newDraft, type RecordDraft, resetDraft } from "./record.ts";
 import { errorResponse } from "./respond.ts";
 import { peer, type Swept } from "./sweeper.ts";
 import { CountingWriter, type Writable } from "./writer.ts";
@@ -60,53 +61,70 @@ export interface SessionHost {
 const TIMEOUT = Symbol("timeout");
 let nextId = 1;
 
+/**
+ * One client connection's state, as a class: every field is set in the
+ * constructor in one order, so all sessions share one shape and the hot
+ * path's property reads stay fast (an object literal with a getter and fields
+ * added later measured 3% slower per request).
+ */
+class SessionState implements Session {
+  readonly conn: Deno.TcpConn;
+  readonly reader: ConnReader;
+  readonly out: Writable;
+  readonly draft: RecordDraft;
+  hook: ExchangeHooks | null = null;
+  stream: { cancel(): void } | null = null;
+  hookDeadline = 0;
+  hookName: HookName | null = null;
+  hookExpire: ((error: HookError) => void) | null = null;
+  hookWaiting: (() => void) | undefined = undefined;
+  readonly id: number;
+  client: { hostname: string; port: number } | null = null;
+  hookAbort: AbortController | null = null;
+  ended = false;
+  lingerOnClose = false;
+  timeoutAnswer: Promise<unknown> | null = null;
+  finalHeadSent = false;
+  upstream: Deno.Conn | null = null;
+  pinned: UpstreamConn | null = null;
+  busy = false;
+  method = "";
+  minor = 1;
+  requests = 0;
+  waitingHead = false;
+  headStarted = false;
+  deadline = 0;
+  timedOut = false;
+  inBody = false;
+  activity = 0;
+  responseDeadline = 0;
+  responseTimedOut = false;
+  resetWatch: ResetWatch | undefined = undefined;
+  done: Promise<void> = DONE;
+
+  constructor(conn: Deno.TcpConn, id: number, records: boolean, hooks: boolean) {
+    this.conn = conn;
+    this.reader = new ConnReader(conn, 256 * 1024);
+    // Bytes to the client are counted only when a record is made.
+    this.out = records ? new CountingWriter(conn) : conn;
+    this.draft = newDraft(records);
+    this.id = id;
+    // While a hook is pending nothing reads the client: a read started then notices a reset
+    // and aborts ctx.signal. (Bytes it gets stay buffered for the exchange; a FIN is a half-close.)
+    if (hooks) this.hookWaiting = () => watchClient(this);
+  }
+
+  get written(): number {
+    return this.out instanceof CountingWriter ? this.out.written : 0;
+  }
+}
+
+const DONE: Promise<void> = Promise.resolve();
+
 /** A new session for an accepted connection. */
 export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
   const hooks = host.hooks;
-  const onExchangeEnd = hooks?.onExchangeEnd ?? null;
-  const session: Session = {
-    conn,
-    reader: new ConnReader(conn, 256 * 1024),
-    out: conn as Writable,
-    get written(): number {
-      return this.out instanceof CountingWriter ? this.out.written : 0;
-    },
-    draft: newDraft(onExchangeEnd !== null),
-    hook: null,
-    stream: null,
-    hookDeadline: 0,
-    hookName: null,
-    hookExpire: null,
-    id: nextId++,
-    client: null,
-    hookAbort: null,
-    ended: false,
-    lingerOnClose: false,
-    timeoutAnswer: null,
-    finalHeadSent: false,
-    upstream: null,
-    pinned: null,
-    busy: false,
-    method: "",
-    minor: 1,
-    requests: 0,
-    waitingHead: false,
-    headStarted: false,
-    deadline: 0,
-    timedOut: false,
-    inBody: false,
-    activity: 0,
-    responseDeadline: 0,
-    responseTimedOut: false,
-    resetWatch: undefined,
-    done: Promise.resolve(),
-  };
-  // While a hook is pending nothing reads the client: a read started then notices a reset
-  // and aborts ctx.signal. (Bytes it gets stay buffered for the exchange; a FIN is a half-close.)
-  if (hooks !== null) session.hookWaiting = () => watchClient(session);
-  // Bytes to the client are counted only when a record is made.
-  if (onExchangeEnd !== null) (session as { out: Writable }).out = new CountingWriter(conn);
-  return session;
+  return new SessionState(conn, nextId++, (hooks?.onExchangeEnd ?? null) !== null, hooks !== null);
 }
 
 /** Serves requests on a connection until it closes, fails, or the proxy stops. */
