@@ -242,7 +242,6 @@ async function main(args: string[]): Promise<void> {
     logConfig,
   );
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
-  console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);
 
   let signals = 0;
   const onSignal = () => {
@@ -270,6 +269,8 @@ async function main(args: string[]): Promise<void> {
       console.error(`waypost: cannot reopen --log-file: ${error instanceof Error ? error.message : error}`);
     }
   });
+  // The listening line comes last: whoever waits for it may signal at once, and the handlers are in place.
+  console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);
 }
 
 /** `--workers`: a count, or `auto` for the number of cores (default 1). */
