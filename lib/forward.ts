@@ -43,6 +43,8 @@ import {
   checkLoop,
   finishHookFields,
   forwardFields,
+  healthAnswer,
+  isHealthCheck,
   isPersistent,
   isValidDestination,
   maxForwardsAnswer,
@@ -105,6 +107,10 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
   if (head.method === "CONNECT") return connectTunnel(ctx, client, head);
+  if (head.target.charCodeAt(0) === 0x2f && isHealthCheck(head, (client.conn.remoteAddr as Deno.NetAddr).hostname)) {
+    // The proxy's own page, for load balancers and supervisors: not forwarded, no hooks.
+    return answerLocally(ctx, client, head, healthAnswer(ctx.stopping), persistent && !hasBody, null);
+  }
   const dest = targetVerdict(head);
   if (dest === null) {
     // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7): not an absolute-form request, no hooks.
