@@ -665,6 +665,24 @@ async function respond(
     }
     ({ wire, abandoned } = outgoing);
   }
+  // An HTTP/1.0 client sees the end of a close-delimited body only as the close, which Deno
+  // cannot make a reset: a body of unknown length is read first (up to a cap), so a failure
+  // becomes a 502 and a whole body goes out with a Content-Length.
+  if (
+    (outgoing === null || outgoing.own === null) && req.minor === 0 &&
+    (resFraming.kind === "chunked" || resFraming.kind === "close") && resFraming.codings.length === 0
+  ) {
+    const first = await readAheadForHttp10(up, bodyReader(up.reader, resFraming, ctx.responseChunkedLimits));
+    wire = first.body;
+    outgoing = {
+      status: outgoing?.status ?? res.status,
+      reason: outgoing?.reason ?? res.reason,
+      fields: outgoing?.fields ?? fields,
+      own: first.own,
+      wire: first.body,
+      abandoned: false,
+    };
+  }
   // Stage: body relay, of the origin's body (re-framed) or one a hook produced.
   if (outgoing === null || outgoing.own === null) {
     const bytes = wireResponseHead(up, plan, res, resFraming, outgoing?.fields ?? fields, clientClose, outgoing);
@@ -871,6 +889,56 @@ async function copyWireBody(
     }
   }
   return true;
+}
+
+/** Bytes of a body of unknown length read ahead for an HTTP/1.0 client (issue 13, item 11). */
+const HTTP10_READ_AHEAD_BYTES = 1024 * 1024;
+
+/**
+ * Reads up to {@link HTTP10_READ_AHEAD_BYTES} of an origin's body before any
+ * head goes to an HTTP/1.0 client. A body that ends within it is sent whole
+ * with a Content-Length; a longer one streams on (what was read first, then
+ * the rest). A failure while reading is a 502: nothing was sent yet.
+ */
+async function readAheadForHttp10(
+  up: UpstreamConn,
+  body: BodyReader,
+): Promise<{ own: Exclude<import("./message_view.ts").BodySource, { kind: "wire" }>; body: BodyReader }> {
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  try {
+    while (length <= HTTP10_READ_AHEAD_BYTES) {
+      const piece = await body.next();
+      if (piece === null) break;
+      parts.push(piece.slice()); // a view is only valid until the next read
+      length += piece.length;
+    }
+  } catch (error) {
+    closeQuietly(up.conn);
+    throw new UpstreamError("The origin's response ended before its body was complete", "upstream-body-failed", error);
+  }
+  if (body.done) {
+    const data = new Uint8Array(length);
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
+    return { own: { kind: "bytes", data }, body };
+  }
+  let i = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (i < parts.length) {
+        controller.enqueue(parts[i++]);
+        return;
+      }
+      const piece = await body.next();
+      if (piece === null) controller.close();
+      else controller.enqueue(piece.slice());
+    },
+  }, { highWaterMark: 0 });
+  return { own: { kind: "stream", stream }, body };
 }
 
 /**

@@ -522,16 +522,18 @@ Deno.test("close-delimited origin response", async (t) => {
       assert.deepEqual(res.body, body);
     }
   });
-  await t.step("passed through, then closed, for an HTTP/1.0 client", async () => {
+  await t.step("read whole, sent with Content-Length, then closed, for an HTTP/1.0 client", async () => {
+    // A body of unknown length is read ahead for HTTP/1.0 clients (up to 1 MiB), so a truncated
+    // one can still become a 502 instead of a close that looks like the end (tests/review_test.ts).
     await using client = await proxy.connect();
     await client.write(get(origin.url("/c10"), ["Connection: keep-alive"], "1.0"));
     const res = await client.response();
     assert.equal(res.status, 200);
-    assert.equal(res.framing, "close");
+    assert.equal(res.framing, "length");
     assert.ok(!hasField(res.fields, "transfer-encoding"));
-    assert.ok(!hasField(res.fields, "content-length"));
+    assert.equal(fieldValue(res.fields, "content-length"), String(body.length));
     assert.deepEqual(res.body, body);
-    assert.ok(client.reader.eof);
+    await client.assertClosed();
   });
   await t.step(
     "origin ends the body with a half-close (FIN, still reading): complete, then upstream closed",

@@ -358,3 +358,46 @@ Deno.test("usability: errors name what to fix", async (t) => {
     assert.match(err, /SIGHUP ignored/);
   });
 });
+
+Deno.test("HTTP/1.0 clients: a body of unknown length is read ahead, so a truncated one is a 502, not a complete-looking close", async (t) => {
+  await t.step("truncated chunked body → 502", async () => {
+    await using origin = startOrigin(async (c: OriginConn) => {
+      await c.readRequest();
+      await c.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+      c.close(); // the last chunk never comes
+    });
+    await using proxy = startTestProxy();
+    await using client = await proxy.connect();
+    await client.write(get(origin.url("/"), [], "1.0"));
+    const res = await client.response();
+    assert.equal(res.status, 502);
+  });
+  await t.step("a whole chunked body → 200 with Content-Length", async () => {
+    await using origin = startOrigin(
+      serve(() => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+    );
+    await using proxy = startTestProxy();
+    await using client = await proxy.connect();
+    await client.write(get(origin.url("/"), [], "1.0"));
+    const res = await client.response();
+    assert.equal(res.status, 200);
+    assert.equal(fieldValue(res.fields, "content-length"), "11");
+    assert.equal(text(res.body), "hello world");
+    await client.assertClosed();
+  });
+  await t.step("a body over the read-ahead still streams (close-delimited)", async () => {
+    const big = "z".repeat(3 * 1024 * 1024);
+    await using origin = startOrigin(async (c: OriginConn) => {
+      await c.readRequest();
+      await c.write(`HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n${big}`);
+      c.close();
+    });
+    await using proxy = startTestProxy();
+    await using client = await proxy.connect();
+    await client.write(get(origin.url("/"), [], "1.0"));
+    const res = await client.response();
+    assert.equal(res.status, 200);
+    assert.equal(res.framing, "close");
+    assert.equal(res.body.length, big.length);
+  });
+});
