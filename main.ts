@@ -10,7 +10,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { consoleLogger, LOG_LEVELS, type LogLevel } from "./lib/log.ts";
 import { DEFAULTS, MAX_TIMEOUT_MS, parseDuration, type ProxyOptions } from "./lib/options.ts";
 import { hooksSpecifier, loadHooks } from "./lib/hooks_loader.ts";
-import { type AccessLogConfig, accessLogFor, LOG_FORMATS, type LogFormat } from "./lib/access_log.ts";
+import { type AccessLogConfig, accessLogFor, LOG_FORMATS, type LogFormat, reopenAccessLog } from "./lib/access_log.ts";
 import type { ProxyHooks } from "./lib/hooks.ts";
 import { startProxy } from "./lib/server.ts";
 
@@ -260,14 +260,8 @@ async function main(args: string[]): Promise<void> {
       console.error("waypost: SIGHUP ignored: there is no configuration file to reload");
       return;
     }
-    const old = access.sink;
-    try {
-      const fresh = accessLogFor(logConfig).sink;
-      access.sink = fresh;
-      access.log.reopen(fresh).then(() => old.close?.());
-    } catch (error) {
-      console.error(`waypost: cannot reopen --log-file: ${error instanceof Error ? error.message : error}`);
-    }
+    const problem = reopenAccessLog(access, logConfig);
+    if (problem !== null) console.error(`waypost: ${problem}`);
   });
   // The listening line comes last: whoever waits for it may signal at once, and the handlers are in place.
   console.log(`waypost listening on http://${shown}:${bound}${workers > 1 ? ` (${workers} workers)` : ""}`);

@@ -209,22 +209,38 @@ export class AccessLog {
   /** Encodes the line for a record into the current buffer (dropped, and counted, when there is no room). */
   add(record: ExchangeRecord): void {
     const line = formatRecord(record, this.#format, { query: this.#query }) + "\n";
-    let buffer = this.#buffers[this.#current];
-    // UTF-8 takes at most 3 bytes per UTF-16 unit: a line that may not fit makes the buffer go now.
-    if (this.#fill + line.length * 3 > buffer.length) {
-      if (this.#writing !== null || line.length * 3 > buffer.length) {
-        this.dropped++;
+    if (this.#encode(line)) {
+      this.#lines++;
+    } else if (this.#writing !== null) {
+      // Both buffers are busy: the sink is slower than traffic.
+      this.dropped++;
+      return;
+    } else {
+      if (this.#fill > 0) this.#write();
+      if (this.#encode(line)) {
+        this.#lines++;
+      } else {
+        // Longer than a whole buffer (a very long target): it goes out on its own.
+        this.#send(encoder.encode(line), 1);
         return;
       }
-      this.#write();
-      buffer = this.#buffers[this.#current];
     }
-    this.#fill += encoder.encodeInto(line, buffer.subarray(this.#fill)).written;
-    this.#lines++;
     if (this.#writing === null && this.#timer === undefined) {
       this.#timer = setTimeout(this.#onTimer, BATCH_MS);
       Deno.unrefTimer(this.#timer);
     }
+  }
+
+  /** Encodes a whole line into the current buffer; false (and the buffer unchanged) when it does not fit. */
+  #encode(line: string): boolean {
+    const buffer = this.#buffers[this.#current];
+    // Most lines are short: UTF-8 takes at most 3 bytes per UTF-16 unit, so these surely fit.
+    const room = buffer.length - this.#fill;
+    if (line.length * 3 > room && line.length > room) return false;
+    const { read, written } = encoder.encodeInto(line, buffer.subarray(this.#fill));
+    if (read < line.length) return false;
+    this.#fill += written;
+    return true;
   }
 
   readonly #onTimer = (): void => {
@@ -234,13 +250,18 @@ export class AccessLog {
 
   /** Writes the current buffer and switches to the other one. */
   #write(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
     const bytes = this.#buffers[this.#current].subarray(0, this.#fill);
     const lines = this.#lines;
     this.#current ^= 1;
     this.#fill = 0;
     this.#lines = 0;
+    this.#send(bytes, lines);
+  }
+
+  /** Starts the one write in flight. */
+  #send(bytes: Uint8Array, lines: number): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
     this.#writing = writeAll(this.#sink, bytes).then(
       () => {
         this.written += lines;
@@ -260,31 +281,45 @@ export class AccessLog {
   }
 
   /**
-   * Writes what is gathered and resolves when every line has been written (or
-   * dropped), or after `maxMs` (a sink nobody reads must not hold a shutdown).
+   * Writes the lines gathered when it is called and resolves when they have
+   * been written (or dropped), or after `maxMs` (a sink nobody reads must not
+   * hold a shutdown). Lines added meanwhile are left to the batch timer, so
+   * steady traffic cannot keep a flush waiting.
    */
   async flush(maxMs = Infinity): Promise<void> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = maxMs === Infinity
       ? null
       : new Promise<"expired">((resolve) => timer = setTimeout(() => resolve("expired"), maxMs));
+    const wait = (p: Promise<void>) => expired === null ? p : Promise.race([p, expired]);
     try {
-      while (this.#writing !== null || this.#fill > 0) {
-        if (this.#writing === null) this.#write();
-        const done = expired === null ? await this.#writing : await Promise.race([this.#writing, expired]);
-        if (done === "expired") return;
+      // At most two writes: the one in flight, then what was gathered before the call.
+      const pending = this.#fill > 0;
+      if (this.#writing !== null && await wait(this.#writing) === "expired") return;
+      if (pending && this.#fill > 0 && this.#writing === null) {
+        this.#write();
+        await wait(this.#writing!);
       }
     } finally {
       clearTimeout(timer);
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
     }
   }
 
-  /** Switches to another sink (log rotation: a reopened file), after the lines gathered so far. */
-  async reopen(sink: LogSink): Promise<void> {
-    await this.flush();
+  /**
+   * Switches to another sink (log rotation: a reopened file) at once: lines
+   * not yet written go to the new one. Resolves when the write still going to
+   * the old sink has ended, or after `maxMs`, so the caller can close the old one.
+   */
+  async reopen(sink: LogSink, maxMs = 5000): Promise<void> {
     this.#sink = sink;
+    const writing = this.#writing;
+    if (writing === null) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([writing, new Promise<void>((resolve) => timer = setTimeout(resolve, maxMs))]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 
@@ -306,4 +341,33 @@ export function openLogSink(file: string | null): LogSink & { close?: () => void
 export function accessLogFor(config: AccessLogConfig): { log: AccessLog; sink: LogSink & { close?: () => void } } {
   const sink = openLogSink(config.file);
   return { log: new AccessLog(sink, { format: config.format, query: config.query }), sink };
+}
+
+/**
+ * Log rotation: opens the configured file again and switches the log to it;
+ * the old file is closed once the write still going to it has ended. Never
+ * throws: a file that cannot be opened leaves the log on the old one, and the
+ * reason is returned (null on success).
+ */
+export function reopenAccessLog(
+  access: { log: AccessLog; sink: LogSink & { close?: () => void } },
+  config: AccessLogConfig,
+): string | null {
+  if (config.file === null) return null;
+  let fresh: LogSink & { close?: () => void };
+  try {
+    fresh = openLogSink(config.file);
+  } catch (error) {
+    return `cannot reopen --log-file ${config.file}: ${error instanceof Error ? error.message : error}`;
+  }
+  const old = access.sink;
+  access.sink = fresh;
+  access.log.reopen(fresh).finally(() => {
+    try {
+      old.close?.();
+    } catch {
+      // Already closed.
+    }
+  });
+  return null;
 }

@@ -14,7 +14,7 @@
 import { consoleLogger, type LogLevel } from "./log.ts";
 import type { ProxyOptions } from "./options.ts";
 import { loadHooks } from "./hooks_loader.ts";
-import { type AccessLogConfig, accessLogFor } from "./access_log.ts";
+import { type AccessLogConfig, accessLogFor, reopenAccessLog } from "./access_log.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import { type ProxyHandle, startProxy } from "./server.ts";
 
@@ -50,10 +50,8 @@ self.onmessage = async (event: MessageEvent) => {
     stopping.catch(() => {
       // Stopping failed part-way; the main thread terminates this thread either way.
     }).finally(() => self.postMessage({ type: "stopped" }));
-  } else if (message.type === "reopen-log" && access !== null && accessConfig?.file != null) {
-    const old = access.sink;
-    const fresh = accessLogFor(accessConfig).sink;
-    access.sink = fresh;
-    access.log.reopen(fresh).then(() => old.close?.());
+  } else if (message.type === "reopen-log" && access !== null && accessConfig !== null) {
+    const problem = reopenAccessLog(access, accessConfig);
+    if (problem !== null) console.error(`waypost: ${problem}`);
   }
 };

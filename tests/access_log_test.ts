@@ -143,6 +143,50 @@ Deno.test("the writer never blocks: a stalled sink makes lines drop and count", 
   assert.equal(log.written, before + 1);
 });
 
+Deno.test("a line longer than a buffer is written on its own, not dropped", async () => {
+  const chunks: string[] = [];
+  const sink: LogSink = { write: (p) => (chunks.push(new TextDecoder().decode(p)), Promise.resolve(p.length)) };
+  const log = new AccessLog(sink, { maxPendingBytes: 8192 });
+  log.add(record({ target: "http://a.test/" }));
+  log.add(record({ target: "http://a.test/" + "\u00e9".repeat(3000) + "x".repeat(5000) }));
+  log.add(record({ target: "http://a.test/after" }));
+  await log.flush();
+  await log.flush();
+  assert.equal(log.dropped, 0);
+  const lines = chunks.join("").trim().split("\n").map((l) => JSON.parse(l).target);
+  assert.equal(lines.length, 3);
+  assert.equal(lines[1].length, "http://a.test/".length + 8000);
+});
+
+Deno.test("flush ends under steady traffic; reopen switches the sink at once", async () => {
+  const slow: LogSink = { write: (p) => new Promise((resolve) => setTimeout(() => resolve(p.length), 5)) };
+  const log = new AccessLog(slow);
+  const feeding = setInterval(() => log.add(record()), 1);
+  try {
+    const started = Date.now();
+    log.add(record());
+    await log.flush();
+    assert.ok(Date.now() - started < 1000, `flush took ${Date.now() - started} ms`);
+  } finally {
+    clearInterval(feeding);
+  }
+  await log.flush();
+  // The old sink never finishes its write: reopen gives up waiting after maxMs, and new lines go to the new sink.
+  let release!: () => void;
+  const stuck: LogSink = { write: (p) => new Promise((resolve) => release = () => resolve(p.length)) };
+  const fresh: string[] = [];
+  const next: LogSink = { write: (p) => (fresh.push(new TextDecoder().decode(p)), Promise.resolve(p.length)) };
+  await log.reopen(stuck);
+  log.add(record({ target: "http://a.test/old" }));
+  await log.flush(10);
+  await log.reopen(next, 20);
+  log.add(record({ target: "http://a.test/new" }));
+  release();
+  await log.flush();
+  await log.flush();
+  assert.deepEqual(fresh.join("").trim().split("\n").map((l) => JSON.parse(l).target), ["http://a.test/new"]);
+});
+
 Deno.test("the access log as a hook: one line per exchange and per tunnel", async () => {
   await using origin = startOrigin(echoTarget);
   const chunks: string[] = [];
@@ -217,6 +261,14 @@ Deno.test("CLI: --log-file appends lines, SIGHUP reopens it (rotation)", async (
     const second = await waitLines(file, 1);
     assert.equal(JSON.parse(second.trim()).target, origin.url("/after"));
     assert.equal((await Deno.readTextFile(`${file}.1`)).trim().split("\n").length, 1);
+    // A file that cannot be opened again (a directory in its place) leaves the log on the old one; the proxy runs on.
+    await Deno.rename(file, `${file}.2`);
+    await Deno.mkdir(file);
+    child.kill("SIGHUP");
+    await new Promise((r) => setTimeout(r, 200));
+    await fetchOne("/third");
+    const third = await waitLines(`${file}.2`, 2);
+    assert.equal(JSON.parse(third.trim().split("\n")[1]).target, origin.url("/third"));
   } finally {
     child.kill("SIGTERM");
     await child.status;
