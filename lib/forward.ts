@@ -670,7 +670,8 @@ async function respond(
   // becomes a 502 and a whole body goes out with a Content-Length.
   if (
     (outgoing === null || outgoing.own === null) && req.minor === 0 &&
-    (resFraming.kind === "chunked" || resFraming.kind === "close") && resFraming.codings.length === 0
+    (resFraming.kind === "chunked" || resFraming.kind === "close") && resFraming.codings.length === 0 &&
+    !isEventStream(outgoing?.fields ?? fields)
   ) {
     const first = await readAheadForHttp10(up, bodyReader(up.reader, resFraming, ctx.responseChunkedLimits));
     wire = first.body;
@@ -892,13 +893,23 @@ async function copyWireBody(
 }
 
 /** Bytes of a body of unknown length read ahead for an HTTP/1.0 client (issue 13, item 11). */
-const HTTP10_READ_AHEAD_BYTES = 1024 * 1024;
+const HTTP10_READ_AHEAD_BYTES = 64 * 1024;
+/** How long the read-ahead may hold the head back: a slow or streaming body goes on streamed. */
+const HTTP10_READ_AHEAD_MS = 250;
+const READ_AHEAD_EXPIRED: unique symbol = Symbol("expired");
+
+/** `Content-Type: text/event-stream`: events must flow as they come, never held back. */
+function isEventStream(fields: readonly Field[]): boolean {
+  const type = firstValue(fields, "content-type");
+  return type !== null && /^\s*text\/event-stream\s*(;|$)/i.test(type);
+}
 
 /**
- * Reads up to {@link HTTP10_READ_AHEAD_BYTES} of an origin's body before any
- * head goes to an HTTP/1.0 client. A body that ends within it is sent whole
- * with a Content-Length; a longer one streams on (what was read first, then
- * the rest). A failure while reading is a 502: nothing was sent yet.
+ * Reads up to {@link HTTP10_READ_AHEAD_BYTES} of an origin's body, for at most
+ * {@link HTTP10_READ_AHEAD_MS}, before any head goes to an HTTP/1.0 client. A
+ * body that ends within both is sent whole with a Content-Length; a longer or
+ * slower one streams on (what was read first, then the rest, starting with a
+ * read still pending). A failure while reading is a 502: nothing was sent yet.
  */
 async function readAheadForHttp10(
   up: UpstreamConn,
@@ -906,9 +917,21 @@ async function readAheadForHttp10(
 ): Promise<{ own: Exclude<import("./message_view.ts").BodySource, { kind: "wire" }>; body: BodyReader }> {
   const parts: Uint8Array[] = [];
   let length = 0;
+  let pending: Promise<Uint8Array | null> | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<typeof READ_AHEAD_EXPIRED>((resolve) => {
+    timer = setTimeout(() => resolve(READ_AHEAD_EXPIRED), HTTP10_READ_AHEAD_MS);
+  });
   try {
     while (length <= HTTP10_READ_AHEAD_BYTES) {
-      const piece = await body.next();
+      pending = body.next();
+      const piece = await Promise.race([pending, expired]);
+      if (piece === READ_AHEAD_EXPIRED) {
+        // The read goes on; the stream below takes its result (or its failure) first.
+        pending.catch(() => {});
+        break;
+      }
+      pending = null;
       if (piece === null) break;
       parts.push(piece.slice()); // a view is only valid until the next read
       length += piece.length;
@@ -916,8 +939,10 @@ async function readAheadForHttp10(
   } catch (error) {
     closeQuietly(up.conn);
     throw new UpstreamError("The origin's response ended before its body was complete", "upstream-body-failed", error);
+  } finally {
+    clearTimeout(timer);
   }
-  if (body.done) {
+  if (body.done && pending === null) {
     const data = new Uint8Array(length);
     let at = 0;
     for (const p of parts) {
@@ -933,7 +958,9 @@ async function readAheadForHttp10(
         controller.enqueue(parts[i++]);
         return;
       }
-      const piece = await body.next();
+      const next = pending ?? body.next();
+      pending = null;
+      const piece = await next;
       if (piece === null) controller.close();
       else controller.enqueue(piece.slice());
     },

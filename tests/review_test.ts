@@ -7,7 +7,18 @@
 import assert from "node:assert/strict";
 import { resolveOptions } from "../lib/options.ts";
 import { silentLogger, startProxy } from "../mod.ts";
-import { echoTarget, fieldValue, get, ok, type OriginConn, serve, startOrigin, startTestProxy, text } from "./util.ts";
+import {
+  echoTarget,
+  fieldValue,
+  get,
+  ok,
+  type OriginConn,
+  readHead,
+  serve,
+  startOrigin,
+  startTestProxy,
+  text,
+} from "./util.ts";
 
 Deno.test("field-count limit: 1,000 request fields pass, 1,001 get 431 (the 64 KiB byte limit is the real bound)", async () => {
   await using origin = startOrigin(serve((req) => ok(`fields=${req.fields.length}`)));
@@ -400,4 +411,31 @@ Deno.test("HTTP/1.0 clients: a body of unknown length is read ahead, so a trunca
     assert.equal(res.framing, "close");
     assert.equal(res.body.length, big.length);
   });
+  const cases: [string, string, number][] = [["a slow body", "text/plain", 1500], [
+    "an event stream",
+    "text/event-stream",
+    200,
+  ]];
+  for (const [name, type, waitMs] of cases) {
+    await t.step(`${name} is not held back: the head and the first bytes come before the rest`, async () => {
+      const gate = Promise.withResolvers<void>();
+      await using origin = startOrigin(async (c: OriginConn) => {
+        await c.readRequest();
+        await c.write(`HTTP/1.1 200 OK\r\nContent-Type: ${type}\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n`);
+        await gate.promise;
+        await c.write("5\r\nlast\n\r\n0\r\n\r\n");
+      });
+      await using proxy = startTestProxy();
+      await using client = await proxy.connect();
+      await client.write(get(origin.url("/"), [], "1.0"));
+      const started = Date.now();
+      const head = await readHead(client.reader, "response");
+      assert.ok(head !== null);
+      assert.equal(head.status, 200);
+      assert.ok(Date.now() - started < waitMs, `the head took ${Date.now() - started} ms`);
+      assert.equal(text(await client.reader.readUntil("first\n") ?? new Uint8Array()), "first\n");
+      gate.resolve();
+      assert.equal(text(await client.reader.readToEnd()), "last\n");
+    });
+  }
 });
