@@ -5,7 +5,9 @@
  *
  * @module
  */
-import { lingeringClose } from "./conn.ts";
+import { closeQuietly, lingeringClose } from "./conn.ts";
+import { ProxyError } from "./errors.ts";
+import { proxyStatusField } from "./proxy_status.ts";
 import { writeAll } from "./writer.ts";
 import type { Logger } from "./log.ts";
 import { localResponse } from "./respond.ts";
@@ -46,26 +48,38 @@ export class ClientCounts {
 }
 
 /**
- * Answers 503 with `Retry-After`, then a lingering close (a request the client
- * already sent is read and dropped, so the close does not reset the answer away).
- * Resolves when the connection is closed.
+ * Lingering refusals at once at most (each up to LINGER: 1 s, 64 MiB); past it a refusal is
+ * answered and closed at once, so a flood of connections cannot pile up lingering ones.
+ */
+export const MAX_LINGERING_REFUSALS = 64;
+
+/**
+ * Answers 503 with `Retry-After` and `Proxy-Status`, then a lingering
+ * close (a request the client already sent is read and dropped, so the close
+ * does not reset the answer away) unless `linger` is false. Resolves when the
+ * connection is closed.
  */
 export async function refuse(
   conn: Deno.TcpConn,
   why: Exclude<AdmissionVerdict, "admit">,
-  options: { logger: Logger; proxyName: string },
+  options: { logger: Logger; proxyName: string; details: boolean; linger: boolean },
 ): Promise<void> {
   const a = conn.remoteAddr as Deno.NetAddr;
   options.logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
+  const error = new ProxyError("Too many connections to the proxy", { status: 503, code: why });
   const bytes = localResponse(503, {
     body: "Too many connections to the proxy\n",
     close: true,
-    fields: [["Retry-After", "1"], ["Proxy-Status", `${options.proxyName}; error=connection_limit_reached`]],
+    fields: [["Retry-After", "1"], proxyStatusField(options.proxyName, error, options.details)],
   });
   try {
     await writeAll(conn, bytes);
   } catch {
     // The client left already: the close below is all that is left to do.
+  }
+  if (!options.linger) {
+    closeQuietly(conn);
+    return;
   }
   const buf = new Uint8Array(16384);
   await lingeringClose(conn, () => conn.read(buf));

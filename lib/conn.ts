@@ -29,8 +29,8 @@ export async function closeWriteQuietly(conn: Deno.Conn): Promise<void> {
  * Writes a short final message (an error response) without waiting on the peer,
  * then closes. Fits in the socket buffer, so it never blocks on a slow reader.
  */
-export function writeThenClose(conn: Deno.Conn, bytes: Uint8Array): void {
-  conn.write(bytes).catch(() => {
+export function writeThenClose(conn: Deno.Conn, bytes: Uint8Array, out: Writable = conn): void {
+  writeAll(out, bytes).catch(() => {
     // The peer left already; closing is all that is left to do.
   }).finally(() => closeQuietly(conn));
 }
@@ -76,12 +76,16 @@ export const LINGER = Object.freeze({ ms: 1000, bytes: 64 * 1024 * 1024 });
  * peer still sends (up to {@link LINGER}), then closes. `read` reads once and
  * returns the byte count, or null at EOF.
  */
-export async function lingeringClose(conn: Deno.Conn, read: () => Promise<number | null>): Promise<void> {
+export async function lingeringClose(
+  conn: Deno.Conn,
+  read: () => Promise<number | null>,
+  limits: { readonly ms: number; readonly bytes: number } = LINGER,
+): Promise<void> {
   await closeWriteQuietly(conn);
-  const timer = setTimeout(() => closeQuietly(conn), LINGER.ms);
+  const timer = setTimeout(() => closeQuietly(conn), limits.ms);
   let total = 0;
   try {
-    while (total < LINGER.bytes) {
+    while (total < limits.bytes) {
       const n = await read();
       if (n === null) break;
       total += n;

@@ -18,7 +18,7 @@ const TYPES: Readonly<Record<string, string>> = Object.freeze({
   "upstream-connect-failed": "destination_unavailable",
   "upstream-reset": "connection_terminated",
   "upstream-closed": "connection_terminated",
-  "upstream-write-failed": "connection_write_timeout",
+  "upstream-write-failed": "connection_terminated",
   "upstream-response-timeout": "http_response_timeout",
   "upstream-truncated-head": "http_response_incomplete",
   "upstream-bad-framing": "http_response_transfer_coding",
@@ -29,8 +29,10 @@ const TYPES: Readonly<Record<string, string>> = Object.freeze({
   "loop-detected": "proxy_loop_detected",
   "connect-port-denied": "http_request_denied",
   "connect-denied": "http_request_denied",
-  "max-connections": "connection_limit_reached",
-  "max-connections-per-client": "connection_limit_reached",
+  // RFC 9209's connection_limit_reached is about connections to the next hop; a
+  // refusal at the proxy's own limits is a local answer that never tried one.
+  "max-connections": "proxy_internal_response",
+  "max-connections-per-client": "proxy_internal_response",
 });
 
 /** The RFC 9209 error type for an error of the proxy's own. */
@@ -51,12 +53,29 @@ export function proxyErrorType(error: ProxyError): string {
 }
 
 /**
+ * The proxy's name as a Proxy-Status list member: an sf-token when it is one
+ * (it starts with a letter or `*`), else an sf-string. Names are `Via` tokens,
+ * which hold no `"` or `\\`, so quoting is enough.
+ */
+export function proxyStatusName(name: string): string {
+  return /^[A-Za-z*][A-Za-z0-9!#$%&'*+.^_`|~:\/-]*$/.test(name) ? name : `"${name}"`;
+}
+
+/** An sf-string of printable ASCII: `"` and `\\` escaped, anything else replaced by `?`. */
+function sfString(text: string): string {
+  return `"${text.replace(/[^\x20-\x7e]/g, "?").replace(/["\\]/g, "\\$&")}"`;
+}
+
+/**
  * The `Proxy-Status` field for an answer the proxy writes for `error`: its name
- * (the `Via` pseudonym, a token) and the error type; with `details`, the stable
- * code too (it tells a client more about the path, so it is off by default).
+ * (the `Via` pseudonym) and the error type; with `details`, the stable code too
+ * (it tells a client more about the path, so it is off by default).
  */
 export function proxyStatusField(name: string, error: ProxyError, details = false): Field {
   const type = proxyErrorType(error);
-  // The code is one of ours ([a-z0-9-]): safe inside a quoted string.
-  return ["Proxy-Status", details ? `${name}; error=${type}; details="${error.code}"` : `${name}; error=${type}`];
+  const member = proxyStatusName(name);
+  return [
+    "Proxy-Status",
+    details ? `${member}; error=${type}; details=${sfString(error.code)}` : `${member}; error=${type}`,
+  ];
 }

@@ -13,7 +13,7 @@ import type { HeadLimits } from "./head.ts";
 import { composeHooks } from "./hooks.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
-import { admissionVerdict, ClientCounts, refuse } from "./admission.ts";
+import { admissionVerdict, ClientCounts, MAX_LINGERING_REFUSALS, refuse } from "./admission.ts";
 import { expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
 import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
@@ -83,7 +83,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     const address = (conn.remoteAddr as Deno.NetAddr).hostname;
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
     if (verdict !== "admit") {
-      const closing = refuse(conn, verdict, { logger, proxyName: opts.via });
+      const closing = refuse(conn, verdict, {
+        logger,
+        proxyName: opts.via,
+        details: opts.proxyStatusDetails,
+        linger: refusing.size < MAX_LINGERING_REFUSALS,
+      });
       refusing.add(closing);
       closing.finally(() => refusing.delete(closing));
       return;

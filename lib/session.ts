@@ -306,7 +306,7 @@ export function expireHead(host: SessionHost, s: Session): void {
     s.draft.status = 408;
     s.draft.error = error.code;
     const o = host.ctx.options;
-    writeThenClose(s.conn, errorResponse(error, { proxyName: o.via, details: o.proxyStatusDetails }));
+    writeThenClose(s.conn, errorResponse(error, { proxyName: o.via, details: o.proxyStatusDetails }), s.out);
     return;
   }
   // onError may answer (and may take its time): the session's pending read ends at the close.

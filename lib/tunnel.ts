@@ -113,22 +113,27 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
           lastActivity = performance.now();
           watchIdle(); // from now on the half-closed idle limit applies too
         }
-        probeAfterFin(from.conn);
+        probeAfterFin(from.conn, up ? 0 : 1);
         await closeWriteQuietly(to.conn);
         return;
       }
       lastActivity = performance.now();
       if (up) stats.bytesUp += chunk.length;
       else stats.bytesDown += chunk.length;
+      writing[up ? 1 : 0] = true;
       try {
         await writeAll(to.conn, chunk);
       } catch {
         // The receiving side is gone: nothing more can be delivered either way.
         closeBoth("reset");
         return;
+      } finally {
+        writing[up ? 1 : 0] = false;
       }
     }
   };
+  /** Whether a data write is pending to the client (0) or to the origin (1): a probe then waits its turn. */
+  const writing = [false, false];
 
   // One interval checks both idle limits: the tunnel's own (if set) and, after the first
   // FIN, the half-closed one (RFC 9110 §9.3.6 expects a tunnel to end once a side closed;
@@ -151,20 +156,33 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
   // After a side's FIN nothing reads it any more, and reads there keep returning EOF even
   // after a reset: an empty write is what notices a reset (docs/design.md, fact 13), so a
   // side that sent its FIN is probed until the tunnel ends.
-  const probes: ReturnType<typeof setInterval>[] = [];
-  function probeAfterFin(conn: Deno.Conn): void {
-    const timer = setInterval(() => {
-      conn.write(EMPTY).catch(() => closeBoth("reset"));
-    }, FIN_PROBE_MS);
-    probes.push(timer);
+  // A probe is never written while another write to that side is pending (a data write
+  // notices a reset by itself), and the next one is armed only when the last has ended.
+  let ended = false;
+  const probes: ReturnType<typeof setTimeout>[] = [];
+  function probeAfterFin(conn: Deno.Conn, side: 0 | 1): void {
+    const slot = probes.length;
+    const arm = () => {
+      if (!ended && !failed) probes[slot] = setTimeout(probe, FIN_PROBE_MS);
+    };
+    const probe = () => {
+      if (writing[side]) arm();
+      else {
+        conn.write(EMPTY).then(arm, () => {
+          if (!ended) closeBoth("reset");
+        });
+      }
+    };
+    arm();
   }
   const onAbort = () => closeBoth("aborted");
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
     await Promise.all([pump(client, origin, true), pump(origin, client, false)]);
   } finally {
+    ended = true;
     clearInterval(idleTimer);
-    for (const timer of probes) clearInterval(timer);
+    for (const timer of probes) clearTimeout(timer);
     options.signal?.removeEventListener("abort", onAbort);
     closeQuietly(client.conn);
     closeQuietly(origin.conn);

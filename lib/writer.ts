@@ -22,6 +22,10 @@ export function writeAll(conn: Writable, data: Uint8Array): Promise<void> {
     // A counting writer counted all of `data`; what was not written is counted again with the rest.
     if (conn instanceof CountingWriter) conn.written -= data.length - n;
     return writeRest(conn, data, n);
+  }, (error) => {
+    // Nothing of a failed write reached the peer.
+    if (conn instanceof CountingWriter) conn.written -= data.length;
+    throw error;
   });
 }
 
@@ -45,7 +49,13 @@ export class CountingWriter implements Writable {
 async function writeRest(conn: Writable, data: Uint8Array, offset: number): Promise<void> {
   while (offset < data.length) {
     const rest = data.length - offset;
-    const n = await conn.write(data.subarray(offset));
+    let n: number;
+    try {
+      n = await conn.write(data.subarray(offset));
+    } catch (error) {
+      if (conn instanceof CountingWriter) conn.written -= rest;
+      throw error;
+    }
     if (n < rest && conn instanceof CountingWriter) conn.written -= rest - n;
     offset += n;
   }

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { ForbiddenError, LoopDetectedError, ParseError, UpstreamError, UpstreamTimeoutError } from "../lib/errors.ts";
 import { HookError } from "../lib/hooks.ts";
-import { proxyErrorType } from "../lib/proxy_status.ts";
+import { proxyErrorType, proxyStatusField, proxyStatusName } from "../lib/proxy_status.ts";
 import { fieldValue, get, startOrigin, startTestProxy } from "./util.ts";
 
 Deno.test("proxyErrorType maps the stable codes to RFC 9209 error types", async (t) => {
@@ -25,10 +25,22 @@ Deno.test("proxyErrorType maps the stable codes to RFC 9209 error types", async 
     ["port policy", new ForbiddenError("x", "connect-port-denied"), "http_request_denied"],
     ["a malformed request", new ParseError("x", "invalid-target"), "http_request_error"],
     ["a hook", new HookError("onRequest", "failed"), "proxy_internal_error"],
+    ["a write to the origin failed", new UpstreamError("x", "upstream-write-failed"), "connection_terminated"],
   ];
   for (const [name, error, type] of rows) {
     await t.step(name, () => assert.equal(proxyErrorType(error as UpstreamError), type));
   }
+});
+
+Deno.test("the name is an sf-token or an sf-string; details are an escaped sf-string", () => {
+  assert.equal(proxyStatusName("waypost"), "waypost");
+  assert.equal(proxyStatusName("proxy.example:3128"), "proxy.example:3128");
+  assert.equal(proxyStatusName("*edge"), "*edge");
+  // Via tokens may start with a digit or a symbol; an sf-token may not (RFC 8941 §3.3.4).
+  assert.equal(proxyStatusName("1proxy"), '"1proxy"');
+  assert.equal(proxyStatusName("-edge"), '"-edge"');
+  const hostile = new ForbiddenError("x", 'a"b\\c\u00e9');
+  assert.equal(proxyStatusField("9p", hostile, true)[1], '"9p"; error=http_request_denied; details="a\\"b\\\\c?"');
 });
 
 Deno.test("the proxy's own error answers carry Proxy-Status", async (t) => {
@@ -60,7 +72,7 @@ Deno.test("the proxy's own error answers carry Proxy-Status", async (t) => {
     await using second = await proxy.connect();
     const res = await second.response();
     assert.equal(res.status, 503);
-    assert.equal(fieldValue(res.fields, "proxy-status"), "waypost; error=connection_limit_reached");
+    assert.equal(fieldValue(res.fields, "proxy-status"), "waypost; error=proxy_internal_response");
   });
   await t.step("an onError page gets one unless the hook set its own", async () => {
     await using proxy = startTestProxy({ hooks: { onError: (e) => ({ status: e.status, body: "custom" }) } });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { ChunkedDecoder } from "../lib/chunked.ts";
 import type { Field } from "../lib/fields.ts";
 import { httpDate, REASON } from "../lib/serialize.ts";
-import { ChunkedBodyWriter, RawBodyWriter, type Writable, writeAll } from "../lib/writer.ts";
+import { ChunkedBodyWriter, CountingWriter, RawBodyWriter, type Writable, writeAll } from "../lib/writer.ts";
 import { assertSplits, bytes, ByteSink, type Feeder } from "./wire_util.ts";
 
 /**
@@ -215,4 +215,24 @@ Deno.test("REASON phrases are valid reason-phrase text (RFC 9112 §4)", () => {
     assert.match(status, /^[1-5]\d\d$/);
     assert.match(reason, /^[\x21-\x7e]+( [\x21-\x7e]+)*$/, status);
   }
+});
+
+Deno.test("CountingWriter: a failed write counts nothing, a partial one only what was written", async () => {
+  let calls = 0;
+  const flaky: Writable = {
+    write(p: Uint8Array) {
+      calls++;
+      if (calls === 1) return Promise.resolve(Math.min(3, p.length)); // partial
+      if (calls === 2) return Promise.reject(new Error("reset"));
+      return Promise.resolve(p.length);
+    },
+  };
+  const out = new CountingWriter(flaky);
+  await assert.rejects(writeAll(out, new Uint8Array(10)), /reset/);
+  assert.equal(out.written, 3);
+  await assert.rejects(
+    writeAll(new CountingWriter({ write: () => Promise.reject(new Error("gone")) }), new Uint8Array(5)),
+  );
+  await writeAll(out, new Uint8Array(4));
+  assert.equal(out.written, 7);
 });
