@@ -33,6 +33,7 @@
 export { type ProxyHandle, startProxy } from "./lib/server.ts";
 export { DEFAULTS, parseDuration, type ProxyOptions, type ResolvedOptions } from "./lib/options.ts";
 export type { TunnelEnd, TunnelStats } from "./lib/tunnel.ts";
+export { type Collector, Metrics, METRICS_CONTENT_TYPE, RecentExchanges, type RefusalReason } from "./lib/metrics.ts";
 export {
   type Awaitable,
   BodyTooLargeError,

@@ -122,12 +122,19 @@ async function runRelay(
   const draft = client.draft;
   draft.inAtTunnel = client.reader.consumed;
   draft.outAtTunnel = client.written;
-  const stats = await relay(client, origin, {
-    target,
-    idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
-    halfClosedIdleMs: ctx.options.bodyTimeoutMs,
-    signal: ctx.abortSignal,
-  });
+  const metrics = ctx.pages.metrics;
+  metrics?.tunnelOpened();
+  let stats: TunnelStats;
+  try {
+    stats = await relay(client, origin, {
+      target,
+      idleTimeoutMs: ctx.options.tunnelIdleTimeoutMs,
+      halfClosedIdleMs: ctx.options.bodyTimeoutMs,
+      signal: ctx.abortSignal,
+    });
+  } finally {
+    metrics?.tunnelClosed();
+  }
   draft.tunnel = stats; // how it ended is the record's tunnelEnd, not an error
   reportTunnel(ctx, stats, kind);
 }

@@ -11,6 +11,7 @@ import type { HookRequest } from "./hook_messages.ts";
 import type { HookWatch } from "./hook_runner.ts";
 import type { ComposedHooks, HookContext } from "./hooks.ts";
 import type { Logger } from "./log.ts";
+import type { PageState } from "./pages.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { ConnReader } from "./reader.ts";
 import type { RecordDraft } from "./record.ts";
@@ -39,6 +40,8 @@ export interface ExchangeContext {
   readonly tickMs: number;
   /** How long an asynchronous hook may take (0: no limit). */
   readonly hookTimeoutMs: number;
+  /** What the proxy's own pages read (metrics, recent exchanges, admin ranges, draining). */
+  readonly pages: PageState;
 }
 
 /** The hook state of one exchange. */

@@ -43,8 +43,6 @@ import {
   checkLoop,
   finishHookFields,
   forwardFields,
-  healthAnswer,
-  isHealthCheck,
   isPersistent,
   isValidDestination,
   maxForwardsAnswer,
@@ -58,8 +56,10 @@ import { closeQuietly, closeWriteQuietly, settleWithin, writeOrDrop } from "./co
 import { connectTunnel, KEEP_UPGRADE, switchProtocols } from "./connect.ts";
 import type { ClientSide, ExchangeContext, ResetWatch } from "./exchange_state.ts";
 import { answerLocally, LINGER_MS } from "./local.ts";
+import { pageAnswer } from "./pages.ts";
 import { addFramingFields, ownFraming, streamBody } from "./answer.ts";
 import type { UpstreamConn } from "./upstream.ts";
+import type { RecordDraft } from "./record.ts";
 import { type BodyWriter, ChunkedBodyWriter, encodeChunked, RawBodyWriter, writeAll } from "./writer.ts";
 
 export type { ClientSide, ExchangeContext } from "./exchange_state.ts";
@@ -107,9 +107,16 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
   if (head.method === "CONNECT") return connectTunnel(ctx, client, head);
-  if (head.target.charCodeAt(0) === 0x2f && isHealthCheck(head, (client.conn.remoteAddr as Deno.NetAddr).hostname)) {
-    // The proxy's own page, for load balancers and supervisors: not forwarded, no hooks.
-    return answerLocally(ctx, client, head, healthAnswer(ctx.stopping), persistent && !hasBody, null);
+  if (head.target.charCodeAt(0) === 0x2f) {
+    // Origin-form: addressed to the proxy itself (its pages): never forwarded, no hooks.
+    const page = pageAnswer({
+      method: head.method,
+      target: head.target,
+      host: firstValue(fields, "host"),
+      client: (client.conn.remoteAddr as Deno.NetAddr).hostname,
+      local: client.conn.localAddr as Deno.NetAddr,
+    }, ctx.pages);
+    return answerLocally(ctx, client, head, page, persistent && !hasBody, null);
   }
   const dest = targetVerdict(head);
   if (dest === null) {
@@ -414,6 +421,7 @@ async function exchange(
 ): Promise<boolean | typeof RETRY> {
   const { persistent, canRetry } = plan;
   try {
+    if (client.draft.timed) client.draft.sentMs = performance.now() - client.draft.startedAt;
     await writeAll(up.conn, plan.requestHead);
   } catch (error) {
     closeQuietly(up.conn);
@@ -651,6 +659,7 @@ async function respond(
   fields.push(viaField(ctx.options.via, res.minor));
   // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
   if (!has(res.fields, "date")) fields.push(["Date", httpDate()]);
+  if (ctx.options.timingHeader) fields.push(serverTiming(client.draft));
   let keepOpen: boolean | null;
   let wire: BodyReader | null = null;
   let abandoned = false;
@@ -1024,4 +1033,27 @@ function firstValue(fields: readonly Field[], name: string): string | null {
 function hasConnectionAuth(values: readonly string[]): boolean {
   for (const value of values) if (/(?:^|,)\s*(?:ntlm|negotiate)\b/i.test(value)) return true;
   return false;
+}
+
+/** Rounds ms to 0.1 for Server-Timing. */
+function tenths(ms: number): string {
+  return (Math.round(ms * 10) / 10).toString();
+}
+
+/**
+ * `Server-Timing` (W3C Server Timing) with the proxy's phases so far: `connect`
+ * (dialling the origin; absent on a reused connection), `ttfb` (the origin's
+ * time to first byte: from sending the request to the response head), `proxy`
+ * (the rest: parsing, hooks, the pool) and `total` (from the request head's
+ * first byte to the response head).
+ */
+function serverTiming(d: RecordDraft): Field {
+  const total = d.firstByteMs ?? 0;
+  const connect = d.connectMs;
+  const sent = d.sentMs ?? total;
+  const origin = total - sent;
+  const proxy = Math.max(0, sent - (connect ?? 0));
+  const parts = connect === null ? [] : [`connect;dur=${tenths(connect)}`];
+  parts.push(`ttfb;dur=${tenths(origin)}`, `proxy;dur=${tenths(proxy)}`, `total;dur=${tenths(total)}`);
+  return ["Server-Timing", parts.join(", ")];
 }

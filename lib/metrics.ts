@@ -315,6 +315,29 @@ export class Metrics {
     this.#errors[i]++;
   }
 
+  /** Totals for a status page: requests, errors, open connections and tunnels, bytes each way. */
+  summary(): {
+    requests: number;
+    errors: number;
+    connections: number;
+    tunnels: number;
+    bytesReceived: number;
+    bytesSent: number;
+  } {
+    let requests = 0;
+    for (const n of this.#requests) requests += n;
+    let errors = 0;
+    for (const n of this.#errors) errors += n;
+    return {
+      requests,
+      errors,
+      connections: this.#connections,
+      tunnels: this.#tunnels,
+      bytesReceived: this.#bytesReceived,
+      bytesSent: this.#bytesSent,
+    };
+  }
+
   /** A client connection was accepted (`waypost_client_connections` up). */
   connectionOpened(): void {
     this.#connections++;

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { parseCidr } from "./cidr.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import type { TunnelStats } from "./tunnel.ts";
@@ -66,6 +67,20 @@ export interface ProxyOptions {
    * (`details="upstream-refused"`); it tells clients more about the path [false].
    */
   proxyStatusDetails?: boolean;
+  /**
+   * Clients (CIDR ranges, IPv4 or IPv6) that may read the proxy's own admin
+   * pages: `/metrics`, `/` (status) and `/healthz` [loopback: `127.0.0.0/8`, `::1`].
+   */
+  adminAllow?: readonly string[];
+  /** Count every exchange for `/metrics` and the status page (costs a record per exchange) [true]. */
+  metrics?: boolean;
+  /** Add `Server-Timing` (connect, origin, proxy, total) to every forwarded response [false]. */
+  timingHeader?: boolean;
+  /**
+   * On shutdown, keep serving this long with `/healthz` answering 503 (so a load
+   * balancer stops sending) before the listener closes, in ms [0].
+   */
+  drainDelayMs?: number;
 }
 
 /** Options with every default filled in. */
@@ -99,6 +114,10 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     reusePort: false,
     hookTimeoutMs: 30_000,
     proxyStatusDetails: false,
+    adminAllow: Object.freeze(["127.0.0.0/8", "::1"]),
+    metrics: true,
+    timingHeader: false,
+    drainDelayMs: 0,
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -114,6 +133,7 @@ const DURATION_OPTIONS = [
   "tunnelIdleTimeoutMs",
   "upstreamIdleTimeoutMs",
   "hookTimeoutMs",
+  "drainDelayMs",
 ] as const;
 /** Options holding counts or sizes that must be at least 1. */
 const POSITIVE_OPTIONS = [
@@ -151,9 +171,16 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
     if (!Array.isArray(ports)) throw new TypeError('Invalid option connectPorts: expected a list of ports or "*"');
     for (const p of ports) checkInteger("connectPorts", p, 1, 65535, "");
   }
-  if (typeof out.reusePort !== "boolean") throw new TypeError("Invalid option reusePort: expected true or false");
-  if (typeof out.proxyStatusDetails !== "boolean") {
-    throw new TypeError("Invalid option proxyStatusDetails: expected true or false");
+  for (const key of ["proxyStatusDetails", "metrics", "timingHeader", "reusePort"] as const) {
+    if (typeof out[key] !== "boolean") throw new TypeError(`Invalid option ${key}: expected true or false`);
+  }
+  if (!Array.isArray(out.adminAllow)) throw new TypeError("Invalid option adminAllow: expected a list of CIDR ranges");
+  for (const range of out.adminAllow) {
+    try {
+      parseCidr(String(range));
+    } catch (error) {
+      throw new TypeError(`Invalid option adminAllow: ${(error as Error).message}`);
+    }
   }
   if (out.logger !== undefined && typeof out.logger?.log !== "function") {
     throw new TypeError("Invalid option logger: expected an object with a log() method");

@@ -21,6 +21,8 @@ export interface RecordDraft {
   /** `performance.now()` when the first byte of the request head arrived (0: none did). */
   startedAt: number;
   connectMs: number | null;
+  /** When the request head went to the origin, in ms after `startedAt` (null: not sent). */
+  sentMs: number | null;
   firstByteMs: number | null;
   error: string | null;
   /** For tunnels: the relay's stats. */
@@ -42,6 +44,7 @@ export function newDraft(timed: boolean): RecordDraft {
     timed,
     startedAt: 0,
     connectMs: null,
+    sentMs: null,
     firstByteMs: null,
     error: null,
     tunnel: null,
@@ -59,6 +62,7 @@ export function resetDraft(d: RecordDraft): void {
   d.reused = false;
   d.startedAt = 0;
   d.connectMs = null;
+  d.sentMs = null;
   d.firstByteMs = null;
   d.error = null;
   d.tunnel = null;

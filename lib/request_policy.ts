@@ -183,33 +183,6 @@ export function isValidDestination(dest: { hostname: unknown; port: unknown }): 
     typeof dest.port === "number" && Number.isInteger(dest.port) && dest.port >= 1 && dest.port <= 65535;
 }
 
-/**
- * Whether a request is for the proxy's health page: `GET` or `HEAD` of
- * `/healthz` in origin-form, from a loopback client (the admin default).
- */
-export function isHealthCheck(head: RequestHead, clientAddress: string): boolean {
-  const t = head.target;
-  if (t !== "/healthz" && !t.startsWith("/healthz?")) return false;
-  if (head.method !== "GET" && head.method !== "HEAD") return false;
-  return isLoopback(clientAddress);
-}
-
-/** Whether an address is loopback: 127.0.0.0/8, ::1, or IPv4-mapped 127.x. */
-export function isLoopback(address: string): boolean {
-  return address.startsWith("127.") || address === "::1" || address.toLowerCase().startsWith("::ffff:127.");
-}
-
-/** The health page: 200 while serving, 503 while draining (a load balancer then stops sending). */
-export function healthAnswer(stopping: boolean): Answer {
-  const body = new TextEncoder().encode(stopping ? "draining\n" : "ok\n");
-  return {
-    status: stopping ? 503 : 200,
-    reason: stopping ? "Service Unavailable" : "OK",
-    fields: [["Content-Type", "text/plain; charset=utf-8"], ["Cache-Control", "no-store"]],
-    body: { kind: "bytes", data: body },
-  };
-}
-
 /** Encodes text as UTF-8 (for answer bodies). */
 export function utf8(text: string): Uint8Array {
   return encoder.encode(text);

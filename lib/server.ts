@@ -17,6 +17,11 @@ import { admissionVerdict, ClientCounts, MAX_LINGERING_REFUSALS, refuse } from "
 import { expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
 import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
+import { type Cidr, parseCidr } from "./cidr.ts";
+import type { ProxyHooks } from "./hooks.ts";
+import { Metrics, RecentExchanges } from "./metrics.ts";
+import type { PageState } from "./pages.ts";
+import { VERSION } from "./version.ts";
 
 /** A running proxy. */
 export interface ProxyHandle {
@@ -31,7 +36,20 @@ export interface ProxyHandle {
   shutdown(graceMs?: number): Promise<void>;
   /** Number of open client connections. */
   readonly connections: number;
+  /** The proxy's metrics (what `/metrics` serves), or null with `metrics: false`. */
+  readonly metrics: Metrics | null;
+  /**
+   * Applies new options to new connections and new exchanges; open ones are
+   * not dropped. `hostname`, `port`, `reusePort`, `hooks`, `logger`, `metrics`
+   * and `signal` need a restart: a different value is refused.
+   *
+   * @throws {TypeError} when an option is invalid or needs a restart; the old options stay.
+   */
+  reconfigure(options: ProxyOptions): void;
 }
+
+/** Options only a restart can change. */
+const RESTART_KEYS = ["hostname", "port", "reusePort", "hooks", "logger", "metrics", "signal", "onTunnelEnd"] as const;
 
 /**
  * Starts a forward HTTP/1.1 proxy listening on `options.hostname:options.port`
@@ -51,15 +69,34 @@ export interface ProxyHandle {
  * ```
  */
 export function startProxy(options: ProxyOptions = {}): ProxyHandle {
-  const opts: ResolvedOptions = resolveOptions(options);
+  let opts: ResolvedOptions = resolveOptions(options);
   const logger: Logger = opts.logger ?? consoleLogger("warn");
-  const hooks = composeHooks(opts.hooks);
+  // The built-in consumers of exchange records (metrics, the status page's recent list) come first.
+  const metrics = opts.metrics ? new Metrics({ version: VERSION, deno: Deno.version.deno }) : null;
+  const recent = opts.metrics ? new RecentExchanges(50) : null;
+  const builtIn: ProxyHooks[] = metrics === null ? [] : [{
+    onExchangeEnd(record) {
+      metrics.record(record);
+      recent!.add(record);
+    },
+  }];
+  const user = opts.hooks === undefined ? [] : Array.isArray(opts.hooks) ? opts.hooks : [opts.hooks as ProxyHooks];
+  const all = [...builtIn, ...user];
+  const hooks = composeHooks(all.length > 0 ? all : undefined);
   const listener = opts.reusePort
     ? Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp", reusePort: true })
     : Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp" });
   const abort = new AbortController();
-  const ctx = exchangeContext(opts, logger, hooks, abort.signal);
-  const host: SessionHost = {
+  const pages = {
+    metrics,
+    recent,
+    adminAllow: [] as Cidr[],
+    draining: false,
+    name: opts.via,
+    version: VERSION,
+  };
+  const ctx = exchangeContext(opts, logger, hooks, abort.signal, pages, null);
+  const host: { -readonly [K in keyof SessionHost]: SessionHost[K] } = {
     ctx,
     limits: ctx.limits,
     headerTimeoutMs: opts.headerTimeoutMs,
@@ -70,7 +107,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   /** Refused connections still lingering (shutdown waits for them: at most LINGER.ms). */
   const refusing = new Set<Promise<void>>();
   const perClient = new ClientCounts();
-  const sweeper = startSweeper(sessions, {
+  let sweeper = startSweeper(sessions, {
     intervalMs: ctx.tickMs,
     bodyTimeoutMs: opts.bodyTimeoutMs,
     logger,
@@ -83,6 +120,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     const address = (conn.remoteAddr as Deno.NetAddr).hostname;
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
     if (verdict !== "admit") {
+      metrics?.connectionRefused(verdict === "max-connections" ? "limit" : "client-limit");
       const closing = refuse(conn, verdict, {
         logger,
         proxyName: opts.via,
@@ -94,6 +132,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       return;
     }
     perClient.add(address);
+    metrics?.connectionOpened();
     const session = newSession(host, conn);
     sessions.add(session);
     session.done = runSession(session, address);
@@ -120,6 +159,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       s.hookAbort?.abort();
       sessions.delete(s);
       perClient.remove(address);
+      metrics?.connectionClosed();
     }
   }
 
@@ -133,8 +173,11 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
 
   function shutdown(graceMs = 10_000): Promise<void> {
     if (stopPromise) return stopPromise;
-    ctx.stopping = true;
+    ctx.pages.draining = true;
     stopPromise = (async () => {
+      // A load balancer polling /healthz sees 503 while the proxy still serves.
+      if (opts.drainDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, opts.drainDelayMs));
+      ctx.stopping = true;
       try {
         listener.close();
       } catch {
@@ -162,6 +205,46 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   if (opts.signal?.aborted) queueMicrotask(() => shutdown());
   else opts.signal?.addEventListener("abort", () => shutdown(), { once: true });
 
+  function reconfigure(options: ProxyOptions): void {
+    const next = resolveOptions({
+      ...options,
+      hostname: options.hostname ?? opts.hostname,
+      port: options.port ?? opts.port,
+    });
+    for (const key of RESTART_KEYS) {
+      const was = key === "port" ? (listener.addr as Deno.NetAddr).port : opts[key];
+      const now = next[key];
+      const same = key === "port"
+        ? now === 0 || now === was
+        : key === "metrics"
+        ? now === was
+        : now === undefined || now === was;
+      if (!same) throw new TypeError(`Option ${key} cannot change without a restart`);
+    }
+    // Everything an exchange reads through the shared context changes in place: new
+    // connections and the next exchange on an open one see it; exchanges under way keep theirs.
+    const fresh = exchangeContext(
+      { ...next, hooks: opts.hooks, logger: opts.logger, signal: opts.signal },
+      logger,
+      hooks,
+      abort.signal,
+      ctx.pages,
+      ctx.pool,
+    );
+    opts = fresh.options;
+    Object.assign(ctx, { ...fresh, stopping: ctx.stopping });
+    host.limits = ctx.limits;
+    host.headerTimeoutMs = opts.headerTimeoutMs;
+    host.idleTimeoutMs = opts.idleTimeoutMs;
+    sweeper.stop();
+    sweeper = startSweeper(sessions, {
+      intervalMs: ctx.tickMs,
+      bodyTimeoutMs: opts.bodyTimeoutMs,
+      logger,
+      expireHead: (s) => expireHead(host, s),
+    });
+  }
+
   return {
     addr: listener.addr as Deno.NetAddr,
     finished,
@@ -169,6 +252,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     get connections() {
       return sessions.size;
     },
+    metrics,
+    reconfigure,
   };
 }
 
@@ -178,7 +263,9 @@ function exchangeContext(
   logger: Logger,
   hooks: ReturnType<typeof composeHooks>,
   abortSignal: AbortSignal,
-): ExchangeContext & { stopping: boolean } {
+  pages: PageState & { draining: boolean; adminAllow: readonly Cidr[]; name: string },
+  existingPool: UpstreamPool | null,
+): ExchangeContext & { stopping: boolean; pages: PageState & { draining: boolean } } {
   const limits: HeadLimits = {
     maxRequestLineBytes: opts.maxRequestLineBytes,
     maxHeadBytes: opts.maxHeadBytes,
@@ -190,13 +277,18 @@ function exchangeContext(
     maxHeadBytes: Math.max(opts.maxHeadBytes, 256 * 1024),
     maxFields: Math.max(opts.maxFields, 4000),
   };
-  const pool = new UpstreamPool({
+  const poolOptions = {
     connectTimeoutMs: opts.connectTimeoutMs,
     maxIdlePerOrigin: opts.maxIdlePerOrigin,
     maxIdle: 4096,
     idleTimeoutMs: opts.upstreamIdleTimeoutMs,
     bufferBytes: 256 * 1024,
-  });
+  };
+  // A reconfigured proxy keeps its pool (and its idle connections) with the new settings.
+  const pool = existingPool ?? new UpstreamPool(poolOptions);
+  if (existingPool !== null) existingPool.configure(poolOptions);
+  pages.adminAllow = opts.adminAllow.map(parseCidr);
+  pages.name = opts.via;
   const hookTimeoutMs = hooks !== null ? opts.hookTimeoutMs : 0;
   return {
     options: opts,
@@ -216,6 +308,7 @@ function exchangeContext(
     // Head, idle, response, body and hook timeouts: one sweeper for all sessions.
     tickMs: sweepInterval({ ...opts, hookTimeoutMs }),
     hookTimeoutMs: opts.hookTimeoutMs,
+    pages,
   };
 }
 

@@ -124,7 +124,8 @@ const DONE: Promise<void> = Promise.resolve();
 /** A new session for an accepted connection. */
 export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
   const hooks = host.hooks;
-  return new SessionState(conn, nextId++, (hooks?.onExchangeEnd ?? null) !== null, hooks !== null);
+  const timed = (hooks?.onExchangeEnd ?? null) !== null || host.ctx.options.timingHeader;
+  return new SessionState(conn, nextId++, timed, hooks !== null);
 }
 
 /** Serves requests on a connection until it closes, fails, or the proxy stops. */

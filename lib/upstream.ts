@@ -117,6 +117,11 @@ export function isLookupFailure(error: unknown): boolean {
 /** Keep-alive connections to origins, reused across client connections. */
 export class UpstreamPool {
   readonly #options: PoolOptions;
+
+  /** New settings for connections opened and pooled from now on (a reload). */
+  configure(options: PoolOptions): void {
+    Object.assign(this.#options, options);
+  }
   readonly #idle = new Map<string, Idle[]>();
   #idleCount = 0;
   #closed = false;
@@ -124,7 +129,7 @@ export class UpstreamPool {
 
   /** Creates an empty pool. */
   constructor(options: PoolOptions) {
-    this.#options = options;
+    this.#options = { ...options };
   }
 
   /** Expires idle connections: one interval while any are held, no timer per release. */

@@ -67,9 +67,9 @@ Deno.test("examples/connect_policy.ts: tunnels to listed hosts only, on any port
 
 Deno.test("examples/error_pages.ts: HTML error pages with the same status", async () => {
   await using proxy = startTestProxy({ hooks: errorPages });
-  const bad = await proxy.roundTrip("GET /relative HTTP/1.1\r\nHost: a\r\n\r\n");
+  const bad = await proxy.roundTrip("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n");
   assert.equal(bad.status, 400);
-  assert.match(text(bad.body), /origin-form-to-proxy/);
+  assert.match(text(bad.body), /invalid-content-length/);
   const refused = await proxy.roundTrip(get("http://127.0.0.1:1/x?<b>"));
   assert.equal(refused.status, 502);
   assert.equal(fieldValue(refused.fields, "content-type"), "text/html; charset=utf-8");

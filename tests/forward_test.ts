@@ -287,7 +287,12 @@ Deno.test("invalid requests are refused with the table's status, and the origin 
       status: 400,
       close: false,
     },
-    { name: "origin-form to the proxy", wire: `GET /refused HTTP/1.1\r\n${host}\r\n`, status: 400, close: false },
+    {
+      name: "origin-form to the proxy: no such page",
+      wire: `GET /refused HTTP/1.1\r\n${host}\r\n`,
+      status: 404,
+      close: false,
+    },
     {
       name: "Content-Length with Transfer-Encoding",
       wire: `POST ${url} HTTP/1.1\r\n${host}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,

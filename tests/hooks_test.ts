@@ -522,12 +522,12 @@ Deno.test("onError: custom error pages for the proxy's own answers; req given wh
   assert.equal(refused.status, 502);
   assert.equal(text(refused.body), "<h1>502</h1>");
   assert.equal(fieldValue(refused.fields, "content-type"), "text/html");
-  const bad = await proxy.roundTrip("GET /relative HTTP/1.1\r\nHost: x\r\n\r\n");
+  const bad = await proxy.roundTrip("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n");
   assert.equal(bad.status, 400);
   assert.equal(text(bad.body), "<h1>400</h1>");
   assert.deepEqual(seen, [
     { code: "upstream-refused", status: 502, hasReq: true },
-    { code: "origin-form-to-proxy", status: 400, hasReq: false },
+    { code: "invalid-content-length", status: 400, hasReq: false },
   ]);
 });
 
@@ -570,10 +570,10 @@ Deno.test("onExchangeEnd: exactly one record per exchange and per tunnel, with w
     assert.equal(r.status, 502);
     assert.equal(r.error, "upstream-refused");
     assert.equal(r.upstream, null);
-    await proxy.roundTrip("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    await proxy.roundTrip("GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n");
     const bad = await records.next();
     assert.equal(bad.status, 400);
-    assert.equal(bad.error, "origin-form-to-proxy");
+    assert.equal(bad.error, "invalid-content-length");
   });
   await t.step("a CONNECT tunnel: kind connect, bytes both ways, who closed first", async () => {
     await using origin = startOrigin(async (c) => {

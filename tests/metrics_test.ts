@@ -554,3 +554,9 @@ Deno.test("the test's parser rejects text outside the grammar", () => {
   for (const text of bad) assert.throws(() => parse(text), assert.AssertionError, JSON.stringify(text));
   parse(`${head}m{a="x\\"y\\\\z\\n"} 1\n${h}h_bucket{le="1"} 1\nh_bucket{le="+Inf"} 1\nh_sum 0.5\nh_count 1\n`);
 });
+
+Deno.test("lib/version.ts matches deno.json (workers cannot read files outside lib/)", async () => {
+  const { VERSION } = await import("../lib/version.ts");
+  const denoJson = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assert.equal(VERSION, denoJson.version);
+});

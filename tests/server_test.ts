@@ -49,31 +49,3 @@ Deno.test("a signal that is already aborted when startProxy is called stops the 
   assert.ok(stopped, "the proxy kept running");
   await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port }), Deno.errors.ConnectionRefused);
 });
-
-Deno.test("GET /healthz to the proxy itself: 200 from loopback; other origin-form requests stay 400", async () => {
-  const { startTestProxy, startOrigin, echoTarget } = await import("./util.ts");
-  await using origin = startOrigin(echoTarget);
-  await using proxy = startTestProxy();
-  await using client = await proxy.connect();
-  await client.write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-  const res = await client.response();
-  assert.equal(res.status, 200);
-  assert.equal(new TextDecoder().decode(res.body), "ok\n");
-  await client.write("HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-  const head = await client.response("HEAD");
-  assert.equal(head.status, 200);
-  assert.equal(head.body.length, 0);
-  assert.equal(origin.conns.length, 0, "a health check was forwarded");
-  const post = await proxy.roundTrip("POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
-  assert.equal(post.status, 400);
-  const other = await proxy.roundTrip("GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-  assert.equal(other.status, 400);
-});
-
-Deno.test("healthAnswer: 503 while draining; isLoopback", async () => {
-  const { healthAnswer, isLoopback } = await import("../lib/request_policy.ts");
-  assert.equal(healthAnswer(false).status, 200);
-  assert.equal(healthAnswer(true).status, 503);
-  for (const a of ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"]) assert.ok(isLoopback(a), a);
-  for (const a of ["10.0.0.1", "::2", "128.0.0.1", "::ffff:10.0.0.1"]) assert.ok(!isLoopback(a), a);
-});
