@@ -109,6 +109,7 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
     abortSignal: new AbortController().signal,
     tickMs: 1000,
     hookTimeoutMs: 30_000,
+    pages: { metrics: null, recent: null, adminAllow: [], draining: false, name: "waypost", version: "bench" },
   };
   // The origin answers every request it is sent.
   const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));

@@ -41,8 +41,11 @@ const here = (path: string) => new URL(path, import.meta.url).pathname;
 const main = here("../main.ts");
 const OFF = ["--log-format", "none"];
 const variants: { name: string; main: string; args: string[] }[] = [
-  ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, args: [] }] : []),
+  // The baseline gets OFF too: an older main.ts with the access log logs json to stdout by default.
+  ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, args: OFF }] : []),
   { name: "no hooks", main, args: OFF },
+  // Metrics are counted by default ("no hooks" has them): their cost is "no hooks" against this one.
+  { name: "no metrics", main, args: [...OFF, "--no-metrics"] },
   { name: "sync no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/noop.ts")] },
   { name: "headers touched", main, args: [...OFF, "--hooks", here("hooks/headers.ts")] },
   { name: "async no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/async_noop.ts")] },

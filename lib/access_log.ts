@@ -176,8 +176,8 @@ const BATCH_MS = 50;
  * ```
  */
 export class AccessLog {
-  readonly #format: LogFormat;
-  readonly #query: boolean;
+  #format: LogFormat;
+  #query: boolean;
   #sink: LogSink;
   readonly #buffers: [Uint8Array, Uint8Array];
   /** The buffer being filled (0 or 1), its bytes and lines. */
@@ -199,6 +199,12 @@ export class AccessLog {
     this.#query = options.query ?? false;
     const size = Math.max(4096, Math.floor((options.maxPendingBytes ?? 128 * 1024) / 2));
     this.#buffers = [new Uint8Array(size), new Uint8Array(size)];
+  }
+
+  /** Changes the format and query handling for the lines from now on (a reload). */
+  configure(options: { format?: LogFormat; query?: boolean }): void {
+    if (options.format !== undefined) this.#format = options.format;
+    if (options.query !== undefined) this.#query = options.query;
   }
 
   /** The hook that logs every record. */

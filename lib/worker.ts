@@ -32,7 +32,8 @@ self.onmessage = async (event: MessageEvent) => {
       accessLog: AccessLogConfig | null;
     }
     | { type: "shutdown"; graceMs: number }
-    | { type: "reopen-log" };
+    | { type: "reconfigure"; options: ProxyOptions }
+    | { type: "reopen-log"; accessLog: AccessLogConfig | null };
   if (message.type === "start") {
     try {
       const user = message.hooksModule === undefined ? [] : await loadHooks(message.hooksModule);
@@ -50,7 +51,17 @@ self.onmessage = async (event: MessageEvent) => {
     stopping.catch(() => {
       // Stopping failed part-way; the main thread terminates this thread either way.
     }).finally(() => self.postMessage({ type: "stopped" }));
+  } else if (message.type === "reconfigure") {
+    try {
+      proxy?.reconfigure(message.options);
+    } catch (error) {
+      console.error(`waypost: a worker kept its options: ${error instanceof Error ? error.message : error}`);
+    }
   } else if (message.type === "reopen-log" && access !== null && accessConfig !== null) {
+    if (message.accessLog !== null) {
+      access.log.configure({ format: message.accessLog.format, query: message.accessLog.query });
+      accessConfig = message.accessLog;
+    }
     const problem = reopenAccessLog(access, accessConfig);
     if (problem !== null) console.error(`waypost: ${problem}`);
   }
