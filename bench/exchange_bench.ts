@@ -119,6 +119,7 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
   const clientConn = new FakeConn() as unknown as Deno.TcpConn;
   const client: ClientSide = {
     conn: clientConn,
+    client: null,
     reader: new ConnReader(clientConn, 65536),
     out: clientConn,
     written: 0,

@@ -62,9 +62,16 @@ export const MAX_LINGERING_REFUSALS = 64;
 export async function refuse(
   conn: Deno.TcpConn,
   why: Exclude<AdmissionVerdict, "admit">,
-  options: { logger: Logger; proxyName: string; details: boolean; linger: boolean },
+  options: {
+    logger: Logger;
+    proxyName: string;
+    details: boolean;
+    linger: boolean;
+    /** The client (from a PROXY header), else the socket's peer. */
+    client?: { hostname: string; port: number } | null;
+  },
 ): Promise<void> {
-  const a = conn.remoteAddr as Deno.NetAddr;
+  const a = options.client ?? conn.remoteAddr as Deno.NetAddr;
   options.logger.log("warn", why, { client: `${a.hostname}:${a.port}` });
   const error = new ProxyError("Too many connections to the proxy", { status: 503, code: why });
   const bytes = localResponse(503, {

@@ -81,6 +81,17 @@ export interface ProxyOptions {
    * balancer stops sending) before the listener closes, in ms [0].
    */
   drainDelayMs?: number;
+  /**
+   * Every connection starts with a PROXY protocol header (v1 or v2, HAProxy's
+   * `proxy-protocol.txt`) from a trusted load balancer: the client address it
+   * carries replaces the socket's for limits, logs, metrics and hooks.
+   * Needs `trustedProxies`; connections from other addresses are closed [false].
+   */
+  proxyProtocol?: boolean;
+  /** The load balancers (CIDR ranges) whose PROXY headers are believed; required with `proxyProtocol` [none]. */
+  trustedProxies?: readonly string[];
+  /** No complete PROXY header within this long closes the connection, in ms [5000]. */
+  proxyProtocolTimeoutMs?: number;
 }
 
 /** Options with every default filled in. */
@@ -118,6 +129,9 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     metrics: true,
     timingHeader: false,
     drainDelayMs: 0,
+    proxyProtocol: false,
+    trustedProxies: Object.freeze([]) as readonly string[],
+    proxyProtocolTimeoutMs: 5000,
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -134,6 +148,7 @@ const DURATION_OPTIONS = [
   "upstreamIdleTimeoutMs",
   "hookTimeoutMs",
   "drainDelayMs",
+  "proxyProtocolTimeoutMs",
 ] as const;
 /** Options holding counts or sizes that must be at least 1. */
 const POSITIVE_OPTIONS = [
@@ -171,16 +186,23 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
     if (!Array.isArray(ports)) throw new TypeError('Invalid option connectPorts: expected a list of ports or "*"');
     for (const p of ports) checkInteger("connectPorts", p, 1, 65535, "");
   }
-  for (const key of ["proxyStatusDetails", "metrics", "timingHeader", "reusePort"] as const) {
+  for (const key of ["proxyStatusDetails", "metrics", "timingHeader", "reusePort", "proxyProtocol"] as const) {
     if (typeof out[key] !== "boolean") throw new TypeError(`Invalid option ${key}: expected true or false`);
   }
-  if (!Array.isArray(out.adminAllow)) throw new TypeError("Invalid option adminAllow: expected a list of CIDR ranges");
-  for (const range of out.adminAllow) {
-    try {
-      parseCidr(String(range));
-    } catch (error) {
-      throw new TypeError(`Invalid option adminAllow: ${(error as Error).message}`);
+  for (const key of ["adminAllow", "trustedProxies"] as const) {
+    if (!Array.isArray(out[key])) throw new TypeError(`Invalid option ${key}: expected a list of CIDR ranges`);
+    for (const range of out[key]) {
+      try {
+        parseCidr(String(range));
+      } catch (error) {
+        throw new TypeError(`Invalid option ${key}: ${(error as Error).message}`);
+      }
     }
+  }
+  if (out.proxyProtocol && out.trustedProxies.length === 0) {
+    throw new TypeError(
+      "Invalid option proxyProtocol: name the load balancers in trustedProxies (--trusted-proxies CIDR)",
+    );
   }
   if (out.logger !== undefined && typeof out.logger?.log !== "function") {
     throw new TypeError("Invalid option logger: expected an object with a log() method");

@@ -62,6 +62,20 @@ export class ConnReader {
     this.#max = maxBytes;
   }
 
+  /**
+   * Bytes that arrived before this reader took over the connection (read past
+   * a PROXY protocol header): the next calls return them first. Only before
+   * the first read.
+   */
+  preload(bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    if (this.#buf !== null || this.#pending !== null) throw new Error("preload() after the first read");
+    this.#buf = bytes.length <= this.#min ? this.#smallBuffer() : takeBuffer(bytes.length);
+    this.#buf.set(bytes);
+    this.#start = 0;
+    this.#end = bytes.length;
+  }
+
   /** True while a read started by {@link prefetch} has not been taken by {@link next}. */
   get reading(): boolean {
     return this.#pending !== null;

@@ -17,7 +17,8 @@ import { admissionVerdict, ClientCounts, MAX_LINGERING_REFUSALS, refuse } from "
 import { expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
 import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
-import { type Cidr, parseCidr } from "./cidr.ts";
+import { type Cidr, matchCidr, parseCidr } from "./cidr.ts";
+import { ProxyProtocolError, readProxyHeader } from "./proxy_protocol.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import { Metrics, RecentExchanges } from "./metrics.ts";
 import type { PageState } from "./pages.ts";
@@ -49,7 +50,17 @@ export interface ProxyHandle {
 }
 
 /** Options only a restart can change. */
-const RESTART_KEYS = ["hostname", "port", "reusePort", "hooks", "logger", "metrics", "signal", "onTunnelEnd"] as const;
+const RESTART_KEYS = [
+  "hostname",
+  "port",
+  "reusePort",
+  "hooks",
+  "logger",
+  "metrics",
+  "signal",
+  "onTunnelEnd",
+  "proxyProtocol",
+] as const;
 
 /**
  * Starts a forward HTTP/1.1 proxy listening on `options.hostname:options.port`
@@ -114,14 +125,48 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     expireHead: (s) => expireHead(host, s),
   });
 
-  /** The admission stage, then a session that cleans up after itself. */
-  function admit(conn: Deno.TcpConn): void {
+  /** Connections whose PROXY protocol header is still being read (closed at shutdown). */
+  const introducing = new Set<Deno.TcpConn>();
+
+  /** The admission stage (after the PROXY header, when one is expected), then a session. */
+  function accept(conn: Deno.TcpConn): void {
     conn.setNoDelay(true); // responses are written whole: never wait for Nagle
-    const address = (conn.remoteAddr as Deno.NetAddr).hostname;
+    if (!opts.proxyProtocol) return admit(conn, null, null);
+    const socket = conn.remoteAddr as Deno.NetAddr;
+    if (matchCidr(ctx.trusted, socket.hostname) === null) {
+      // No guessing whether a header is there: only the listed load balancers may connect.
+      logger.log("warn", "proxy-protocol-untrusted", { client: `${socket.hostname}:${socket.port}` });
+      metrics?.connectionRefused("untrusted");
+      closeQuietly(conn);
+      return;
+    }
+    introducing.add(conn);
+    readProxyHeader(conn, opts.proxyProtocolTimeoutMs).then(({ header, rest }) => {
+      introducing.delete(conn);
+      if (ctx.stopping) return closeQuietly(conn);
+      // LOCAL (the balancer's own health check) and UNKNOWN carry no client: the socket's address stands.
+      admit(conn, header.source, rest);
+    }, (error) => {
+      introducing.delete(conn);
+      logger.log("info", "proxy-protocol-failed", {
+        client: `${socket.hostname}:${socket.port}`,
+        error: error instanceof ProxyProtocolError ? error.code : describe(error),
+      });
+      closeQuietly(conn);
+    });
+  }
+
+  function admit(
+    conn: Deno.TcpConn,
+    client: { hostname: string; port: number } | null,
+    early: Uint8Array | null,
+  ): void {
+    const address = client?.hostname ?? (conn.remoteAddr as Deno.NetAddr).hostname;
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
     if (verdict !== "admit") {
       metrics?.connectionRefused(verdict === "max-connections" ? "limit" : "client-limit");
       const closing = refuse(conn, verdict, {
+        client,
         logger,
         proxyName: opts.via,
         details: opts.proxyStatusDetails,
@@ -134,6 +179,8 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     perClient.add(address);
     metrics?.connectionOpened();
     const session = newSession(host, conn);
+    if (client !== null) session.client = Object.freeze({ hostname: client.hostname, port: client.port });
+    if (early !== null) session.reader.preload(early);
     sessions.add(session);
     session.done = runSession(session, address);
   }
@@ -163,7 +210,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     }
   }
 
-  const acceptLoop = acceptConnections(listener, ctx, logger, admit);
+  const acceptLoop = acceptConnections(listener, ctx, logger, accept);
   let stopPromise: Promise<void> | null = null;
   const stopped = Promise.withResolvers<void>();
   const finished = (async () => {
@@ -184,6 +231,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
         // Already closed.
       }
       await acceptLoop;
+      for (const conn of introducing) closeQuietly(conn);
       await drainSessions(sessions, graceMs, logger);
       abort.abort();
       for (const s of sessions) {
@@ -265,7 +313,7 @@ function exchangeContext(
   abortSignal: AbortSignal,
   pages: PageState & { draining: boolean; adminAllow: readonly Cidr[]; name: string },
   existingPool: UpstreamPool | null,
-): ExchangeContext & { stopping: boolean; pages: PageState & { draining: boolean } } {
+): ExchangeContext & { stopping: boolean; pages: PageState & { draining: boolean }; trusted: Cidr[] } {
   const limits: HeadLimits = {
     maxRequestLineBytes: opts.maxRequestLineBytes,
     maxHeadBytes: opts.maxHeadBytes,
@@ -288,6 +336,7 @@ function exchangeContext(
   const pool = existingPool ?? new UpstreamPool(poolOptions);
   if (existingPool !== null) existingPool.configure(poolOptions);
   pages.adminAllow = opts.adminAllow.map(parseCidr);
+  const trusted = opts.trustedProxies.map(parseCidr);
   pages.name = opts.via;
   const hookTimeoutMs = hooks !== null ? opts.hookTimeoutMs : 0;
   return {
@@ -309,6 +358,7 @@ function exchangeContext(
     tickMs: sweepInterval({ ...opts, hookTimeoutMs }),
     hookTimeoutMs: opts.hookTimeoutMs,
     pages,
+    trusted,
   };
 }
 
