@@ -20,6 +20,7 @@ import {
   UsageError,
 } from "./lib/cli.ts";
 import { VERSION } from "./lib/version.ts";
+import { parseAuthFile } from "./lib/auth.ts";
 import type { ProxyHooks } from "./lib/hooks.ts";
 import { startProxy } from "./lib/server.ts";
 
@@ -41,6 +42,27 @@ function readConfig(path: string): Settings {
     throw new UsageError(`cannot read --config ${path}: ${error instanceof Error ? error.message : error}${hint}`);
   }
   return parseConfig(text, path);
+}
+
+/** The proxy's options from the settings, with the users of --auth-file read in. */
+function proxyOptionsWithFiles(settings: Settings): ProxyOptions {
+  const options = proxyOptionsFrom(settings);
+  const path = settings["auth-file"] as string | undefined;
+  if (path === undefined) return options;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+      ? ` (run with --allow-read=${path})`
+      : "";
+    throw new UsageError(`cannot read --auth-file ${path}: ${error instanceof Error ? error.message : error}${hint}`);
+  }
+  try {
+    return { ...options, auth: [...(options.auth ?? []), ...parseAuthFile(text, path)] };
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
 }
 
 /** The access log's settings from the options. */
@@ -74,7 +96,13 @@ async function main(args: string[]): Promise<void> {
   const values = settings;
   const level = (values["log-level"] ?? "info") as LogLevel;
   let graceMs = (values.grace as number | undefined) ?? DEFAULT_GRACE_MS;
-  const options: ProxyOptions = { ...proxyOptionsFrom(settings), logger: consoleLogger(level) };
+  let options: ProxyOptions;
+  try {
+    options = { ...proxyOptionsWithFiles(settings), logger: consoleLogger(level) };
+  } catch (error) {
+    if (error instanceof UsageError) fail(error.message);
+    throw error;
+  }
   const logConfig = logConfigFrom(settings);
   let access: ReturnType<typeof accessLogFor> | null = null;
   if (logConfig !== null) {
@@ -166,7 +194,7 @@ async function main(args: string[]): Promise<void> {
         const next: Settings = { ...readConfig(cli.config), ...cli.settings };
         const fixed = restartNeeded(settings, next);
         for (const name of fixed) next[name] = settings[name] as Settings[string];
-        const fresh = { ...proxyOptionsFrom(next), logger: options.logger };
+        const fresh = { ...proxyOptionsWithFiles(next), logger: options.logger };
         delete fresh.hostname;
         delete fresh.port;
         proxy.reconfigure(fresh);

@@ -44,7 +44,7 @@ export function formatRecord(r: ExchangeRecord, format: LogFormat, options: Form
         `"reused":${r.reused},"connect_ms":${t.connect},"first_byte_ms":${t.firstByte},"total_ms":${t.total},` +
         `"error":${json(r.error)},"tunnel_end":${tunnel === null ? "null" : `"${tunnel.end}"`},` +
         `"first_fin":${tunnel?.firstFin ? `"${tunnel.firstFin}"` : "null"},` +
-        `"content_type":${json(r.contentType)},"user":null}`;
+        `"content_type":${json(r.contentType)},"user":${json(r.user ?? null)}}`;
     }
     case "squid": {
       // %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt (Squid's native access.log)
@@ -54,14 +54,15 @@ export function formatRecord(r: ExchangeRecord, format: LogFormat, options: Form
       const hierarchy = r.upstream === null ? "HIER_NONE/-" : `HIER_DIRECT/${r.upstream.hostname}`;
       return `${seconds}.${millis} ${elapsed} ${r.client.hostname} ${squidResult(r)}/${
         String(r.status).padStart(3, "0")
-      } ${r.bytesToClient} ${safe(r.method || "NONE")} ${safe(target || "error:invalid-request")} - ${hierarchy} ${
-        r.contentType === null ? "-" : safe(r.contentType.split(";")[0].trim() || "-")
-      }`;
+      } ${r.bytesToClient} ${safe(r.method || "NONE")} ${safe(target || "error:invalid-request")} ${
+        r.user ? safe(r.user) : "-"
+      } ${hierarchy} ${r.contentType === null ? "-" : safe(r.contentType.split(";")[0].trim() || "-")}`;
     }
     case "common": {
       // host ident authuser [date] "request" status bytes
       const request = r.method === "" ? "-" : `${safe(r.method)} ${safe(target)} HTTP/1.1`;
-      return `${r.client.hostname} - - [${clfDate(now)}] "${request}" ${r.status} ${r.bytesToClient}`;
+      const user = r.user ? safe(r.user) : "-";
+      return `${r.client.hostname} - ${user} [${clfDate(now)}] "${request}" ${r.status} ${r.bytesToClient}`;
     }
     case "text": {
       const time = isoTime(now).slice(11, 23);

@@ -9,6 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { parseCidr } from "./cidr.ts";
+import { parseHostRule } from "./rules.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { DEFAULTS, MAX_TIMEOUT_MS, parseDuration, type ProxyOptions } from "./options.ts";
 
@@ -22,6 +23,9 @@ export type ValueType =
   | "boolean"
   | "ports"
   | "cidrs"
+  | "strings"
+  | "rules"
+  | "choice"
   | "workers"
   | "log-format"
   | "log-level";
@@ -44,6 +48,10 @@ export interface OptionEntry {
   readonly short?: string;
   /** Only a flag, never a config key (`--config`, `--help`). */
   readonly flagOnly?: boolean;
+  /** A flag that adds `allow VALUE` or `deny VALUE` to `host-rules`, in command-line order. */
+  readonly rule?: "allow" | "deny";
+  /** For `choice`: the values it takes. */
+  readonly choices?: readonly string[];
 }
 
 /** Formats ms the way durations are written (`10s`, `2m`, `500ms`, `0` for off). */
@@ -223,6 +231,87 @@ export const OPTIONS: readonly OptionEntry[] = Object.freeze(
       help: "add Server-Timing (connect, ttfb, proxy, total) to forwarded responses",
     },
     {
+      name: "auth",
+      type: "strings",
+      option: "auth",
+      arg: "USER:PASS",
+      shown: "none",
+      help: "a user who may use the proxy (repeatable; Basic, 407 for others); never logged",
+    },
+    {
+      name: "auth-file",
+      type: "string",
+      arg: "PATH",
+      shown: "none",
+      help: "users from a file, one user:password per line, # comments (needs --allow-read=PATH); re-read on SIGHUP",
+    },
+    {
+      name: "auth-realm",
+      type: "string",
+      option: "authRealm",
+      arg: "TEXT",
+      shown: DEFAULTS.authRealm,
+      help: "the realm in Proxy-Authenticate",
+    },
+    {
+      name: "allow-client",
+      type: "cidrs",
+      option: "allowClient",
+      arg: "CIDR",
+      shown: "everyone",
+      help: "only these clients may connect; others are closed (repeatable)",
+    },
+    {
+      name: "allow-host",
+      type: "rules",
+      rule: "allow",
+      flagOnly: true,
+      arg: "PATTERN",
+      shown: "",
+      help: "allow a destination: name, *.suffix, IP/CIDR, *, each with an optional :port (adds to host-rules)",
+    },
+    {
+      name: "deny-host",
+      type: "rules",
+      rule: "deny",
+      flagOnly: true,
+      arg: "PATTERN",
+      shown: "",
+      help: "deny a destination (403 naming the rule); with --allow-host, the first match in order wins",
+    },
+    {
+      name: "host-rules",
+      type: "rules",
+      option: "hostRules",
+      arg: "RULE",
+      shown: "none",
+      help: 'destination rules in order, "allow PATTERN" or "deny PATTERN" (config key; flags above add to it)',
+    },
+    {
+      name: "host-default",
+      type: "choice",
+      choices: ["allow", "deny"],
+      option: "hostDefault",
+      arg: "ACTION",
+      shown: DEFAULTS.hostDefault,
+      help: "what a destination no rule matches gets: allow or deny",
+    },
+    {
+      name: "allow-private",
+      type: "boolean",
+      option: "allowPrivate",
+      shown: "off",
+      help: "let a proxy listening beyond loopback reach loopback, private and link-local (metadata) addresses",
+    },
+    {
+      name: "allow-open",
+      type: "boolean",
+      option: "allowOpen",
+      shown: "off",
+      restart: true,
+      help: "listen beyond loopback without --auth or --allow-client (an open proxy)",
+    },
+    {
       name: "admin-allow",
       type: "cidrs",
       option: "adminAllow",
@@ -356,6 +445,25 @@ export function parseValue(entry: OptionEntry, value: unknown, where: string): S
         return Number(t);
       });
     }
+    case "strings": {
+      const list = Array.isArray(value) ? value : [value];
+      return list.map((v) => typeof v === "string" && v !== "" ? v : bad("expected non-empty strings"));
+    }
+    case "rules": {
+      const list = Array.isArray(value) ? value : [value];
+      return list.map((v) => {
+        const text = entry.rule !== undefined ? `${entry.rule} ${v}` : v;
+        if (typeof v !== "string") return bad('expected rules such as "deny *.ads.test"');
+        try {
+          return parseHostRule(text as string).text;
+        } catch (error) {
+          throw new UsageError(`${where} ${JSON.stringify(v)}: ${(error as Error).message}`);
+        }
+      });
+    }
+    case "choice":
+      if (!(entry.choices ?? []).includes(text as string)) bad(`expected one of ${entry.choices?.join(", ")}`);
+      return text as string;
     case "cidrs": {
       const list = Array.isArray(value) ? value : [value];
       return list.map((c) => {
@@ -400,12 +508,14 @@ export interface CommandLine {
 export function parseCommandLine(args: string[]): CommandLine {
   const spec: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {};
   for (const o of OPTIONS) {
-    spec[o.name] = { type: o.type === "boolean" ? "boolean" : "string", multiple: o.type === "cidrs" };
+    const multiple = o.type === "cidrs" || o.type === "strings" || o.type === "rules";
+    spec[o.name] = { type: o.type === "boolean" ? "boolean" : "string", multiple };
     if (o.short !== undefined) spec[o.name].short = o.short;
   }
   let values: Record<string, unknown>;
+  let tokens: { kind: string; name?: string; value?: string }[];
   try {
-    ({ values } = parseArgs({ args, strict: true, allowPositionals: false, options: spec }));
+    ({ values, tokens } = parseArgs({ args, strict: true, allowPositionals: false, options: spec, tokens: true }));
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
@@ -415,6 +525,14 @@ export function parseCommandLine(args: string[]): CommandLine {
     if (entry.flagOnly || value === undefined) continue;
     settings[name] = parseValue(entry, value, `--${name}`);
   }
+  // --allow-host and --deny-host add to host-rules in the order given (the first match wins).
+  const rules: string[] = [...(settings["host-rules"] as string[] | undefined ?? [])];
+  for (const token of tokens) {
+    const entry = token.kind === "option" && token.name !== undefined ? BY_NAME.get(token.name) : undefined;
+    if (entry?.rule === undefined) continue;
+    rules.push(...parseValue(entry, token.value, `--${entry.name}`) as string[]);
+  }
+  if (rules.length > 0) settings["host-rules"] = rules;
   return {
     settings,
     help: values.help === true,

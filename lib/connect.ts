@@ -9,6 +9,7 @@
 import { writeAnswer } from "./answer.ts";
 import { closeQuietly, writeOrDrop } from "./conn.ts";
 import { ForbiddenError } from "./errors.ts";
+import { checkDestination } from "./destination.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { connectionTokens, stripHopByHop, viaField } from "./fields.ts";
 import type { RequestHead, ResponseHead } from "./head.ts";
@@ -70,7 +71,10 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
   }
   checkLoop(head.fields, ctx.options.via);
   if (draft.timed) draft.connectMs = -performance.now();
-  const conn = await connectUpstream(hostname, port, ctx.options.connectTimeoutMs);
+  // Stage: destination policy, on the address actually dialled.
+  const checked = checkDestination(ctx.destinations, hostname, port);
+  const dial = typeof checked === "string" ? checked : await checked;
+  const conn = await connectUpstream(dial, port, ctx.options.connectTimeoutMs);
   if (draft.timed) draft.connectMs = Math.round((draft.connectMs! + performance.now()) * 100) / 100;
   client.upstream = conn;
   draft.upstream = conn;

@@ -7,7 +7,7 @@
  * @module
  */
 import { writeAnswer } from "./answer.ts";
-import { describe, ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import { describe, ProxyAuthError, ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { normalizeReply } from "./hook_messages.ts";
 import { callHook } from "./hook_runner.ts";
@@ -59,6 +59,10 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
   const hook = s.hook;
   if (hooks !== null && hooks.onError !== null && hook !== null && !hook.responded) {
     if (await answerWithHook(ctx, s, failure)) return true;
+  }
+  if (failure instanceof ProxyAuthError && failure.delayMs > 0) {
+    // Repeated failures from one address are slowed down (bounded): guessing costs time.
+    await new Promise((resolve) => setTimeout(resolve, failure.delayMs));
   }
   s.draft.status = failure.status;
   s.draft.contentType = "text/plain; charset=utf-8"; // errorResponse's

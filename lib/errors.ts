@@ -84,6 +84,23 @@ export class ForbiddenError extends ProxyError {
   }
 }
 
+/**
+ * Proxy authentication is required and the request's credentials are missing,
+ * malformed or wrong: 407 with `Proxy-Authenticate` (RFC 9110 §15.5.8).
+ */
+export class ProxyAuthError extends ProxyError {
+  /** The `Proxy-Authenticate` challenge. */
+  readonly challenge: string;
+  /** How long to wait before answering (repeated failures from one address are slowed down), in ms. */
+  readonly delayMs: number;
+  /** Creates a 407 error; `code` is `proxy-auth-required` (none sent) or `proxy-auth-failed`. */
+  constructor(challenge: string, code: "proxy-auth-required" | "proxy-auth-failed", delayMs = 0) {
+    super("Proxy authentication required", { status: 407, code });
+    this.challenge = challenge;
+    this.delayMs = delayMs;
+  }
+}
+
 /** The request already passed through this proxy (RFC 9110 §7.6.3 Via): 508. */
 export class LoopDetectedError extends ProxyError {
   /** Creates a 508 error. */

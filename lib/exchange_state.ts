@@ -12,6 +12,8 @@ import type { HookWatch } from "./hook_runner.ts";
 import type { ComposedHooks, HookContext } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import type { PageState } from "./pages.ts";
+import type { Credentials, FailureDelay } from "./auth.ts";
+import type { DestinationPolicy } from "./rules.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { ConnReader } from "./reader.ts";
 import type { RecordDraft } from "./record.ts";
@@ -42,6 +44,14 @@ export interface ExchangeContext {
   readonly hookTimeoutMs: number;
   /** What the proxy's own pages read (metrics, recent exchanges, admin ranges, draining). */
   readonly pages: PageState;
+  /** The users who may use the proxy, or null when it asks no one. */
+  readonly credentials: Credentials | null;
+  /** Failures in a row per client address (each slows the next 407). */
+  readonly authFailures: FailureDelay;
+  /** The `Proxy-Authenticate` challenge. */
+  readonly authChallenge: string;
+  /** Where requests may go (checked before every dial). */
+  readonly destinations: DestinationPolicy;
 }
 
 /** The hook state of one exchange. */

@@ -11,7 +11,15 @@
  * @module
  */
 import { coarseNow, deadlineIn } from "./clock.ts";
-import { describe, PrematureEofError, ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import {
+  describe,
+  PrematureEofError,
+  ProxyAuthError,
+  ProxyError,
+  UpstreamError,
+  UpstreamTimeoutError,
+} from "./errors.ts";
+import { checkDestination } from "./destination.ts";
 import {
   connectionTokens,
   dropField,
@@ -106,6 +114,8 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   const persistent = isPersistent(head.minor, tokens, ctx.stopping);
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
+  // Stage: authentication, for everything but the proxy's own pages.
+  if (ctx.credentials !== null && head.target.charCodeAt(0) !== 0x2f) authenticate(ctx, client, fields);
   if (head.method === "CONNECT") return connectTunnel(ctx, client, head);
   if (head.target.charCodeAt(0) === 0x2f) {
     // Origin-form: addressed to the proxy itself (its pages): never forwarded, no hooks.
@@ -279,8 +289,11 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
       }
       let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
       if (up === null) {
+        // Stage: destination policy, on the address actually dialled.
+        const checked = checkDestination(ctx.destinations, hostname, port);
+        const dial = typeof checked === "string" ? checked : await checked;
         const started = draft.timed ? performance.now() : 0;
-        up = await ctx.pool.open(hostname, port);
+        up = await ctx.pool.open(hostname, port, dial);
         if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
       }
       client.upstream = up.conn;
@@ -1056,4 +1069,26 @@ function serverTiming(d: RecordDraft): Field {
   const parts = connect === null ? [] : [`connect;dur=${tenths(connect)}`];
   parts.push(`ttfb;dur=${tenths(origin)}`, `proxy;dur=${tenths(proxy)}`, `total;dur=${tenths(total)}`);
   return ["Server-Timing", parts.join(", ")];
+}
+
+/**
+ * The authentication stage: Basic `Proxy-Authorization` against the
+ * configured users; the user goes to the record. Wrong credentials from one
+ * address in a row make the next 407s wait a little longer (bounded).
+ *
+ * @throws {ProxyAuthError} 407 with the challenge.
+ */
+function authenticate(ctx: ExchangeContext, client: ClientSide, fields: readonly Field[]): void {
+  const presented = firstValue(fields, "proxy-authorization");
+  const user = ctx.credentials!.check(presented);
+  const address = (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname;
+  if (user === null) {
+    // The first request of a client that was not asked yet carries nothing: not a failure.
+    if (presented === null) throw new ProxyAuthError(ctx.authChallenge, "proxy-auth-required");
+    const delayMs = ctx.authFailures.fail(address);
+    ctx.logger.log("info", "proxy-auth-failed", { client: address, failures: ctx.authFailures.count(address) });
+    throw new ProxyAuthError(ctx.authChallenge, "proxy-auth-failed", delayMs);
+  }
+  ctx.authFailures.succeed(address);
+  client.draft.user = user;
 }

@@ -312,6 +312,8 @@ export interface ExchangeRecord {
   contentType: string | null;
   /** When the exchange ended, in ms since the epoch. */
   endedAt: number;
+  /** The user who authenticated with `Proxy-Authorization` (when the proxy asks for it), or null. */
+  user?: string | null;
 }
 
 /**

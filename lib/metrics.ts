@@ -28,7 +28,7 @@ export const MAX_ERROR_CODES = 64;
 export const MAX_ERROR_CODE_LENGTH = 100;
 
 /** Why the server refused a connection (`waypost_connections_refused_total{reason}`). */
-export type RefusalReason = "limit" | "client-limit" | "draining" | "untrusted";
+export type RefusalReason = "limit" | "client-limit" | "draining" | "untrusted" | "denied";
 
 /** A value read when the metrics are rendered: one sample without labels (such as the access log's drops). */
 export interface Collector {
@@ -98,7 +98,7 @@ const CODE_OF_STATUS = (() => {
 })();
 
 const TUNNEL_ENDS = ["closed", "reset", "idle-timeout", "aborted"] as const;
-const REFUSAL_REASONS = ["limit", "client-limit", "draining", "untrusted"] as const;
+const REFUSAL_REASONS = ["limit", "client-limit", "draining", "untrusted", "denied"] as const;
 
 function kindIndex(kind: string): number {
   return kind === "http" ? 0 : kind === "connect" ? 1 : kind === "upgrade" ? 2 : 3;

@@ -3,7 +3,9 @@
  *
  * @module
  */
+import { hasControl, parseCredential } from "./auth.ts";
 import { parseCidr } from "./cidr.ts";
+import { parseHostRule } from "./rules.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import type { TunnelStats } from "./tunnel.ts";
@@ -92,6 +94,30 @@ export interface ProxyOptions {
   trustedProxies?: readonly string[];
   /** No complete PROXY header within this long closes the connection, in ms [5000]. */
   proxyProtocolTimeoutMs?: number;
+  /**
+   * `user:password` entries: requests and CONNECT without matching Basic
+   * `Proxy-Authorization` get 407 [none: no authentication].
+   */
+  auth?: readonly string[];
+  /** The realm in `Proxy-Authenticate` [`waypost`]. */
+  authRealm?: string;
+  /** Only clients in these CIDR ranges may connect; others are closed [everyone]. */
+  allowClient?: readonly string[];
+  /**
+   * Destination rules in order, `allow PATTERN` or `deny PATTERN` (PATTERN: a
+   * name, `*.suffix`, an IP or CIDR range, `*`; each with an optional `:port`);
+   * the first match wins. IP ranges apply to resolved addresses too [none].
+   */
+  hostRules?: readonly string[];
+  /** What a destination no rule matches gets [`allow`]. */
+  hostDefault?: "allow" | "deny";
+  /**
+   * Let a proxy listening beyond loopback reach loopback, private, link-local
+   * (cloud metadata) and other special addresses [false: refused, 403].
+   */
+  allowPrivate?: boolean;
+  /** Start listening beyond loopback without `auth` or `allowClient` (an open proxy) [false: refused]. */
+  allowOpen?: boolean;
 }
 
 /** Options with every default filled in. */
@@ -132,6 +158,13 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     proxyProtocol: false,
     trustedProxies: Object.freeze([]) as readonly string[],
     proxyProtocolTimeoutMs: 5000,
+    auth: Object.freeze([]) as readonly string[],
+    authRealm: "waypost",
+    allowClient: Object.freeze([]) as readonly string[],
+    hostRules: Object.freeze([]) as readonly string[],
+    hostDefault: "allow" as "allow" | "deny",
+    allowPrivate: false,
+    allowOpen: false,
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -186,10 +219,19 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
     if (!Array.isArray(ports)) throw new TypeError('Invalid option connectPorts: expected a list of ports or "*"');
     for (const p of ports) checkInteger("connectPorts", p, 1, 65535, "");
   }
-  for (const key of ["proxyStatusDetails", "metrics", "timingHeader", "reusePort", "proxyProtocol"] as const) {
+  const switches = [
+    "proxyStatusDetails",
+    "metrics",
+    "timingHeader",
+    "reusePort",
+    "proxyProtocol",
+    "allowPrivate",
+    "allowOpen",
+  ] as const;
+  for (const key of switches) {
     if (typeof out[key] !== "boolean") throw new TypeError(`Invalid option ${key}: expected true or false`);
   }
-  for (const key of ["adminAllow", "trustedProxies"] as const) {
+  for (const key of ["adminAllow", "trustedProxies", "allowClient"] as const) {
     if (!Array.isArray(out[key])) throw new TypeError(`Invalid option ${key}: expected a list of CIDR ranges`);
     for (const range of out[key]) {
       try {
@@ -198,6 +240,22 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
         throw new TypeError(`Invalid option ${key}: ${(error as Error).message}`);
       }
     }
+  }
+  if (!Array.isArray(out.hostRules)) throw new TypeError("Invalid option hostRules: expected a list of rules");
+  for (const rule of out.hostRules) {
+    try {
+      parseHostRule(String(rule));
+    } catch (error) {
+      throw new TypeError(`Invalid option hostRules: ${(error as Error).message}`);
+    }
+  }
+  if (out.hostDefault !== "allow" && out.hostDefault !== "deny") {
+    throw new TypeError('Invalid option hostDefault: expected "allow" or "deny"');
+  }
+  if (!Array.isArray(out.auth)) throw new TypeError("Invalid option auth: expected a list of user:password");
+  out.auth.forEach((entry, i) => parseCredential(String(entry), `Invalid option auth (entry ${i + 1})`));
+  if (typeof out.authRealm !== "string" || hasControl(out.authRealm) || /["\\]/.test(out.authRealm)) {
+    throw new TypeError("Invalid option authRealm: printable text without quotes");
   }
   if (out.proxyProtocol && out.trustedProxies.length === 0) {
     throw new TypeError(

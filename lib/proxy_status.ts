@@ -28,6 +28,11 @@ const TYPES: Readonly<Record<string, string>> = Object.freeze({
   "upstream-body-failed": "http_response_incomplete",
   "loop-detected": "proxy_loop_detected",
   "connect-port-denied": "http_request_denied",
+  "destination-denied": "http_request_denied",
+  "destination-ip-prohibited": "destination_ip_prohibited",
+  "proxy-auth-required": "http_request_denied",
+  "proxy-auth-failed": "http_request_denied",
+  "client-denied": "http_request_denied",
   "connect-denied": "http_request_denied",
   // RFC 9209's connection_limit_reached is about connections to the next hop; a
   // refusal at the proxy's own limits is a local answer that never tried one.

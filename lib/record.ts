@@ -32,6 +32,8 @@ export interface RecordDraft {
   outAtTunnel: number;
   /** The response's Content-Type (noted only when records are made). */
   contentType: string | null;
+  /** The authenticated user, or null. */
+  user: string | null;
 }
 
 /** A fresh draft. */
@@ -51,6 +53,7 @@ export function newDraft(timed: boolean): RecordDraft {
     inAtTunnel: 0,
     outAtTunnel: 0,
     contentType: null,
+    user: null,
   };
 }
 
@@ -69,6 +72,7 @@ export function resetDraft(d: RecordDraft): void {
   d.inAtTunnel = 0;
   d.outAtTunnel = 0;
   d.contentType = null;
+  d.user = null;
 }
 
 /** Facts about the exchange that only the session knows. */
@@ -116,5 +120,6 @@ export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord 
     connectionId: facts.connectionId,
     contentType: d.contentType,
     endedAt: Math.round(performance.timeOrigin + now),
+    user: d.user,
   };
 }

@@ -5,7 +5,7 @@
  * @module
  */
 import { encodeLatin1 } from "./ascii.ts";
-import { ProxyError } from "./errors.ts";
+import { ProxyAuthError, ProxyError } from "./errors.ts";
 import { proxyStatusField } from "./proxy_status.ts";
 import type { Field } from "./fields.ts";
 import { httpDate, REASON, serializeHead } from "./serialize.ts";
@@ -59,6 +59,7 @@ export function errorResponse(error: unknown, options: ErrorResponseOptions = {}
     ? error
     : new ProxyError("Internal proxy error", { status: 500, code: "internal-error" });
   const fields = options.proxyName ? [proxyStatusField(options.proxyName, failure, options.details)] : [];
+  if (failure instanceof ProxyAuthError) fields.push(["Proxy-Authenticate", failure.challenge]);
   return localResponse(failure.status, {
     body: `${failure.message}\n`,
     close: options.close ?? true,

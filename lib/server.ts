@@ -19,6 +19,8 @@ import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
 import { type Cidr, matchCidr, parseCidr } from "./cidr.ts";
 import { ProxyProtocolError, readProxyHeader } from "./proxy_protocol.ts";
+import { basicChallenge, Credentials, FailureDelay } from "./auth.ts";
+import { type DestinationPolicy, listensBeyondLoopback, parseHostRule } from "./rules.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import { Metrics, RecentExchanges } from "./metrics.ts";
 import type { PageState } from "./pages.ts";
@@ -81,6 +83,7 @@ const RESTART_KEYS = [
  */
 export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   let opts: ResolvedOptions = resolveOptions(options);
+  refuseOpenRelay(opts);
   const logger: Logger = opts.logger ?? consoleLogger("warn");
   // The built-in consumers of exchange records (metrics, the status page's recent list) come first.
   const metrics = opts.metrics ? new Metrics({ version: VERSION, deno: Deno.version.deno }) : null;
@@ -162,6 +165,14 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     early: Uint8Array | null,
   ): void {
     const address = client?.hostname ?? (conn.remoteAddr as Deno.NetAddr).hostname;
+    if (ctx.allowClient.length > 0 && matchCidr(ctx.allowClient, address) === null) {
+      // Not on the client allow-list: closed without a word (an answer would tell a scanner there is a proxy).
+      const port = client?.port ?? (conn.remoteAddr as Deno.NetAddr).port;
+      logger.log("warn", "client-denied", { client: `${address}:${port}` });
+      metrics?.connectionRefused("denied");
+      closeQuietly(conn);
+      return;
+    }
     const verdict = admissionVerdict(sessions.size, perClient.get(address), opts);
     if (verdict !== "admit") {
       metrics?.connectionRefused(verdict === "max-connections" ? "limit" : "client-limit");
@@ -271,6 +282,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     }
     // Everything an exchange reads through the shared context changes in place: new
     // connections and the next exchange on an open one see it; exchanges under way keep theirs.
+    refuseOpenRelay(next);
     const fresh = exchangeContext(
       { ...next, hooks: opts.hooks, logger: opts.logger, signal: opts.signal },
       logger,
@@ -278,6 +290,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       abort.signal,
       ctx.pages,
       ctx.pool,
+      ctx.authFailures,
     );
     opts = fresh.options;
     Object.assign(ctx, { ...fresh, stopping: ctx.stopping });
@@ -313,7 +326,13 @@ function exchangeContext(
   abortSignal: AbortSignal,
   pages: PageState & { draining: boolean; adminAllow: readonly Cidr[]; name: string },
   existingPool: UpstreamPool | null,
-): ExchangeContext & { stopping: boolean; pages: PageState & { draining: boolean }; trusted: Cidr[] } {
+  existingFailures: FailureDelay | null = null,
+): ExchangeContext & {
+  stopping: boolean;
+  pages: PageState & { draining: boolean };
+  trusted: Cidr[];
+  allowClient: Cidr[];
+} {
   const limits: HeadLimits = {
     maxRequestLineBytes: opts.maxRequestLineBytes,
     maxHeadBytes: opts.maxHeadBytes,
@@ -337,6 +356,12 @@ function exchangeContext(
   if (existingPool !== null) existingPool.configure(poolOptions);
   pages.adminAllow = opts.adminAllow.map(parseCidr);
   const trusted = opts.trustedProxies.map(parseCidr);
+  const allowClient = opts.allowClient.map(parseCidr);
+  const destinations: DestinationPolicy = {
+    rules: opts.hostRules.map(parseHostRule),
+    blockPrivate: !opts.allowPrivate && listensBeyondLoopback(opts.hostname),
+    defaultAllow: opts.hostDefault === "allow",
+  };
   pages.name = opts.via;
   const hookTimeoutMs = hooks !== null ? opts.hookTimeoutMs : 0;
   return {
@@ -359,6 +384,11 @@ function exchangeContext(
     hookTimeoutMs: opts.hookTimeoutMs,
     pages,
     trusted,
+    allowClient,
+    credentials: opts.auth.length > 0 ? new Credentials(opts.auth) : null,
+    authFailures: existingFailures ?? new FailureDelay(),
+    authChallenge: basicChallenge(opts.authRealm),
+    destinations,
   };
 }
 
@@ -402,4 +432,20 @@ async function drainSessions(sessions: Set<Session>, graceMs: number, logger: Lo
   await Promise.race([Promise.all([...sessions].map((s) => s.done)), grace]);
   clearTimeout(graceTimer);
   if (sessions.size > 0) logger.log("warn", "grace-expired", { closing: sessions.size });
+}
+
+/**
+ * Safe defaults: a proxy reachable beyond loopback without authentication or
+ * a client allow-list is an open relay for anyone who finds it.
+ *
+ * @throws {TypeError} naming the fix.
+ */
+function refuseOpenRelay(opts: ResolvedOptions): void {
+  if (!listensBeyondLoopback(opts.hostname) || opts.allowOpen) return;
+  if (opts.auth.length > 0 || opts.allowClient.length > 0) return;
+  throw new TypeError(
+    `Refusing to listen on ${opts.hostname} without authentication or a client allow-list: anyone who can reach it ` +
+      "could use it as an open proxy. Add --auth user:password (or --auth-file), --allow-client CIDR, " +
+      "or --allow-open if that is what you want",
+  );
 }

@@ -6,7 +6,7 @@
  * @module
  */
 import { coarseNow, tick } from "./clock.ts";
-import { UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import { ProxyError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import { closeQuietly } from "./conn.ts";
 import { ConnReader } from "./reader.ts";
 
@@ -79,7 +79,7 @@ export async function connectUpstream(hostname: string, port: number, timeoutMs:
  * has no class of its own in Deno 2.9 (a plain `Error`): it is recognised by
  * {@link isLookupFailure}, the one place that reads a message text.
  */
-export function classifyConnectError(error: unknown, timedOut: boolean): UpstreamError | UpstreamTimeoutError {
+export function classifyConnectError(error: unknown, timedOut: boolean): ProxyError {
   if (timedOut || error instanceof Deno.errors.TimedOut) {
     return new UpstreamTimeoutError("Timed out connecting to the origin", "upstream-connect-timeout");
   }
@@ -87,7 +87,12 @@ export function classifyConnectError(error: unknown, timedOut: boolean): Upstrea
     return new UpstreamError("The origin refused the connection", "upstream-refused", error);
   }
   if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    return new UpstreamError("The proxy is not permitted to connect to that origin", "upstream-not-permitted", error);
+    // Deno's permission system refused (--allow-net with a host list): a policy answer, 403.
+    return new ProxyError("The proxy is not permitted to connect to that origin", {
+      status: 403,
+      code: "upstream-not-permitted",
+      cause: error,
+    });
   }
   if (error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.ConnectionAborted) {
     return new UpstreamError("The origin reset the connection", "upstream-reset", error);
@@ -176,8 +181,9 @@ export class UpstreamPool {
   }
 
   /** Opens a new connection to `hostname:port` (never pooled until released). */
-  async open(hostname: string, port: number): Promise<UpstreamConn> {
-    const conn = await connectUpstream(hostname, port, this.#options.connectTimeoutMs);
+  async open(hostname: string, port: number, dial: string = hostname): Promise<UpstreamConn> {
+    // `dial`: the checked address to connect to when the destination stage resolved the name.
+    const conn = await connectUpstream(dial, port, this.#options.connectTimeoutMs);
     return { conn, reader: new ConnReader(conn, this.#options.bufferBytes), key: `${hostname}:${port}`, reused: false };
   }
 

@@ -417,7 +417,7 @@ Deno.test("gauges go up and down; refusals by reason", () => {
   assert.equal(families(f, "waypost_client_connections").type, "gauge");
   assert.equal(value(f, "waypost_connections_refused_total", { reason: "limit" }), 2);
   assert.equal(value(f, "waypost_connections_refused_total", { reason: "client-limit" }), 0);
-  assert.equal(samples(f, "waypost_connections_refused_total").length, 4, "every reason is rendered");
+  assert.equal(samples(f, "waypost_connections_refused_total").length, 5, "every reason is rendered");
   assert.equal(value(f, "waypost_connections_refused_total", { reason: "draining" }), 1);
 
   for (let i = 0; i < 4; i++) metrics.connectionClosed();

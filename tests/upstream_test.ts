@@ -107,8 +107,8 @@ Deno.test("UpstreamPool: an expired connection's cancelled read does not remove 
 
 Deno.test("classifyConnectError: by class where Deno gives one, the lookup text as the one fallback", async (t) => {
   const { classifyConnectError } = await import("../lib/upstream.ts");
-  const { UpstreamError, UpstreamTimeoutError } = await import("../lib/errors.ts");
-  const rows: { name: string; error: unknown; timedOut?: boolean; cls: unknown; code: string }[] = [
+  const { ProxyError, UpstreamError, UpstreamTimeoutError } = await import("../lib/errors.ts");
+  const rows: { name: string; error: unknown; timedOut?: boolean; cls: unknown; code: string; status?: number }[] = [
     {
       name: "our own timeout",
       error: new Error("aborted"),
@@ -126,8 +126,9 @@ Deno.test("classifyConnectError: by class where Deno gives one, the lookup text 
     {
       name: "not permitted",
       error: new Deno.errors.NotCapable("x"),
-      cls: UpstreamError,
+      cls: ProxyError,
       code: "upstream-not-permitted",
+      status: 403,
     },
     { name: "reset", error: new Deno.errors.ConnectionReset("x"), cls: UpstreamError, code: "upstream-reset" },
     {
@@ -155,6 +156,7 @@ Deno.test("classifyConnectError: by class where Deno gives one, the lookup text 
       const e = classifyConnectError(row.error, row.timedOut ?? false);
       assert.ok(e instanceof (row.cls as typeof UpstreamError));
       assert.equal(e.code, row.code);
+      if (row.status !== undefined) assert.equal(e.status, row.status);
     });
   }
 });
