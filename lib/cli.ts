@@ -312,6 +312,22 @@ export const OPTIONS: readonly OptionEntry[] = Object.freeze(
       help: "listen beyond loopback without --auth or --allow-client (an open proxy)",
     },
     {
+      name: "upstream-proxy",
+      type: "string",
+      option: "upstreamProxy",
+      arg: "URL",
+      shown: "none",
+      help: "a parent proxy, http://[user:pass@]host:port: requests and CONNECT go through it",
+    },
+    {
+      name: "no-proxy",
+      type: "string",
+      option: "noProxy",
+      arg: "LIST",
+      shown: "none",
+      help: "destinations that skip the parent: names, .suffix, *, CIDRs, each with an optional :port",
+    },
+    {
       name: "admin-allow",
       type: "cidrs",
       option: "adminAllow",

@@ -10,6 +10,8 @@ import { writeAnswer } from "./answer.ts";
 import { closeQuietly, writeOrDrop } from "./conn.ts";
 import { ForbiddenError } from "./errors.ts";
 import { checkDestination } from "./destination.ts";
+import { authorityOf, bypassesParent, openParentTunnel, type ParentProxy, type ParentRefusal } from "./parent.ts";
+import { hopStatus } from "./proxy_status.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
 import { connectionTokens, stripHopByHop, viaField } from "./fields.ts";
 import type { RequestHead, ResponseHead } from "./head.ts";
@@ -69,12 +71,26 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
       return false;
     }
   }
-  checkLoop(head.fields, ctx.options.via);
+  checkLoop(head.fields, ctx.options.via, ctx.options.instanceId);
   if (draft.timed) draft.connectMs = -performance.now();
-  // Stage: destination policy, on the address actually dialled.
-  const checked = checkDestination(ctx.destinations, hostname, port);
+  // Stage: destination policy, on the address actually dialled (the parent resolves names it is given).
+  const parent = ctx.parent !== null && !bypassesParent(ctx.noProxy, hostname, port) ? ctx.parent : null;
+  const checked = checkDestination(ctx.destinations, hostname, port, parent === null);
   const dial = typeof checked === "string" ? checked : await checked;
-  const conn = await connectUpstream(dial, port, ctx.options.connectTimeoutMs);
+  const conn = parent === null
+    ? await connectUpstream(dial, port, ctx.options.connectTimeoutMs)
+    : await connectUpstream(parent.hostname, parent.port, ctx.options.connectTimeoutMs);
+  const reader = new ConnReader(conn, 65536);
+  if (parent !== null) {
+    // The parent's CONNECT; bytes it sent past its 200 stay in `reader` for the relay.
+    const answer = await openParentTunnel(conn, reader, parent, authorityOf(hostname, port), {
+      timeoutMs: ctx.options.responseTimeoutMs,
+    });
+    if (!answer.ok) {
+      await relayRefusal(ctx, client, answer, parent);
+      return false;
+    }
+  }
   if (draft.timed) draft.connectMs = Math.round((draft.connectMs! + performance.now()) * 100) / 100;
   client.upstream = conn;
   draft.upstream = conn;
@@ -88,7 +104,7 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
     }
     client.finalHeadSent = true;
     draft.status = 200;
-    const origin = { conn, reader: new ConnReader(conn, 65536) };
+    const origin = { conn, reader };
     await runRelay(ctx, client, origin, head.target, "connect");
     return false;
   } finally {
@@ -146,4 +162,22 @@ async function runRelay(
 function reportTunnel(ctx: ExchangeContext, stats: TunnelStats, kind: "connect" | "upgrade"): void {
   ctx.logger.log(stats.end === "idle-timeout" ? "info" : "debug", "tunnel-end", { kind, ...stats });
   ctx.options.onTunnelEnd?.(stats);
+}
+
+/** The parent proxy refused the CONNECT: its answer goes to the client as it came, then the connection closes. */
+async function relayRefusal(
+  ctx: ExchangeContext,
+  client: ClientSide,
+  answer: ParentRefusal,
+  parent: ParentProxy,
+): Promise<void> {
+  const fields = answer.fields;
+  fields.push(viaField(ctx.options.via, 1));
+  fields.push(hopStatus(ctx.options, answer.status, parent));
+  fields.push(["Content-Length", String(answer.body.length)], ["Connection", "close"]);
+  const bytes = serializeHead(`HTTP/1.1 ${answer.status} ${answer.reason}`, fields, answer.body);
+  client.draft.status = answer.status;
+  client.draft.error = "parent-refused";
+  await writeAll(client.out, bytes);
+  client.finalHeadSent = true;
 }

@@ -29,13 +29,20 @@ function refused(verdict: Verdict, host: string, port: number): ForbiddenError {
  * @throws {ForbiddenError} 403 naming the rule (`destination-denied`, `destination-ip-prohibited`).
  * @throws {UpstreamError} 502 when the name does not resolve (`upstream-unresolvable`).
  */
-export function checkDestination(policy: DestinationPolicy, host: string, port: number): string | Promise<string> {
+export function checkDestination(
+  policy: DestinationPolicy,
+  host: string,
+  port: number,
+  resolve = true,
+): string | Promise<string> {
   if (isOpenPolicy(policy)) return host;
   const first = destinationVerdict(policy, host, port, null);
   if (first !== null) {
     if (!first.allowed) throw refused(first, host, port);
     return host;
   }
+  // Through a parent proxy the parent resolves names: IP rules apply to IP-literal destinations only.
+  if (!resolve) return host;
   return resolveChecked(policy, host, port);
 }
 

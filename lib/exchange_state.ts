@@ -14,6 +14,7 @@ import type { Logger } from "./log.ts";
 import type { PageState } from "./pages.ts";
 import type { Credentials, FailureDelay } from "./auth.ts";
 import type { DestinationPolicy } from "./rules.ts";
+import type { NoProxyRule, ParentProxy } from "./parent.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { ConnReader } from "./reader.ts";
 import type { RecordDraft } from "./record.ts";
@@ -52,6 +53,10 @@ export interface ExchangeContext {
   readonly authChallenge: string;
   /** Where requests may go (checked before every dial). */
   readonly destinations: DestinationPolicy;
+  /** The parent proxy, or null: direct. */
+  readonly parent: ParentProxy | null;
+  /** Destinations that skip the parent. */
+  readonly noProxy: readonly NoProxyRule[];
 }
 
 /** The hook state of one exchange. */

@@ -178,14 +178,17 @@ export function stripHopByHop(
  * Whether any `Via` entry was added by `pseudonym` (RFC 9110 §7.6.3
  * received-by), which means the message is looping through this proxy.
  */
-export function viaContains(fields: readonly Field[], pseudonym: string): boolean {
+export function viaContains(fields: readonly Field[], pseudonym: string, tag: string | null = null): boolean {
   const values = getAll(fields, "via");
   if (values.length === 0) return false;
   const want = pseudonym.toLowerCase();
   for (const entry of splitList(values)) {
     // entry = received-protocol RWS received-by [ RWS comment ]
     const parts = entry.split(/[ \t]+/);
-    if (parts.length >= 2 && parts[1].toLowerCase() === want) return true;
+    if (parts.length < 2 || parts[1].toLowerCase() !== want) continue;
+    // Another instance with the same pseudonym tags its entries with its own id: not a loop.
+    // An entry without a tag (another product using the name) still counts, as before.
+    if (tag === null || parts.length < 3 || !parts[2].startsWith("(") || parts[2] === `(${tag})`) return true;
   }
   return false;
 }
@@ -208,6 +211,20 @@ export function endToEndTrailers(trailers: readonly Field[], connection: Readonl
 }
 
 let viaCache: { pseudonym: string; values: readonly [string, string] } | null = null;
+let taggedCache: { key: string; values: readonly [string, string] } | null = null;
+
+/**
+ * The `Via` entry for a forwarded request: the pseudonym and this instance's
+ * tag as a comment (`1.1 waypost (4f2a9c1e)`), so a loop through this very
+ * instance is told from a chain of instances that share the pseudonym.
+ */
+export function taggedViaField(pseudonym: string, tag: string, minor: number): Field {
+  const key = `${pseudonym} ${tag}`;
+  if (taggedCache === null || taggedCache.key !== key) {
+    taggedCache = { key, values: [`1.0 ${pseudonym} (${tag})`, `1.1 ${pseudonym} (${tag})`] };
+  }
+  return ["Via", taggedCache.values[minor]];
+}
 
 /** The `Via` field this proxy adds for a message received as HTTP/1.`minor` (RFC 9110 §7.6.3). */
 export function viaField(pseudonym: string, minor: number): Field {

@@ -29,6 +29,7 @@ import {
   has,
   splitList,
   stripHopByHop,
+  taggedViaField,
   viaField,
 } from "./fields.ts";
 import { clientFraming, type Framing, requestFraming, responseFraming } from "./framing.ts";
@@ -65,6 +66,8 @@ import { connectTunnel, KEEP_UPGRADE, switchProtocols } from "./connect.ts";
 import type { ClientSide, ExchangeContext, ResetWatch } from "./exchange_state.ts";
 import { answerLocally, LINGER_MS } from "./local.ts";
 import { pageAnswer } from "./pages.ts";
+import { hopStatus } from "./proxy_status.ts";
+import { authorityOf, bypassesParent, type ParentProxy } from "./parent.ts";
 import { addFramingFields, ownFraming, streamBody } from "./answer.ts";
 import type { UpstreamConn } from "./upstream.ts";
 import type { RecordDraft } from "./record.ts";
@@ -133,7 +136,7 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
     // OPTIONS * addressed to the proxy itself (RFC 9110 §9.3.7): not an absolute-form request, no hooks.
     return answerLocally(ctx, client, head, optionsAnswer(), persistent && !hasBody, null);
   }
-  checkLoop(fields, ctx.options.via);
+  checkLoop(fields, ctx.options.via, ctx.options.instanceId);
   const maxForwards = maxForwardsOf(head);
   // RFC 9110 §7.8: forward an upgrade offer (Connection: upgrade + Upgrade) from an
   // HTTP/1.1 client on a body-less request; otherwise Upgrade is hop-by-hop and dropped.
@@ -149,9 +152,17 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
     upgrade,
     keep,
     dest,
-    out: forwardFields(head, tokens, dest.authority, maxForwards, keep, viaField(ctx.options.via, head.minor)),
+    out: forwardFields(
+      head,
+      tokens,
+      dest.authority,
+      maxForwards,
+      keep,
+      taggedViaField(ctx.options.via, ctx.options.instanceId, head.minor),
+    ),
     hreq: null,
     requestHead: EMPTY_BYTES,
+    parent: null,
     inline: null,
     body: EMPTY_BODY,
     chunked: false,
@@ -273,12 +284,20 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
   // RFC 9110 §9.2.2: only idempotent requests are retried, and only when the whole request
   // (head and any body) is in `requestHead` and can be sent again.
   const retryable = IDEMPOTENT.has(head.method) && plan.body.done && plan.drain === null;
+  // Through a parent proxy: absolute-form, with our own credentials for it (the client's were consumed here).
+  const parent = ctx.parent !== null && !bypassesParent(ctx.noProxy, hostname, port) ? ctx.parent : null;
+  plan.parent = parent;
+  if (parent !== null) {
+    const authority = hostname === dest.hostname && port === dest.port ? dest.authority : authorityOf(hostname, port);
+    path = path === "*" ? `http://${authority}` : `http://${authority}${path}`;
+    if (parent.authorization !== null) plan.out.push(["Proxy-Authorization", parent.authorization]);
+  }
   const auth = hasConnectionAuth(getAll(head.fields, "authorization"));
   // The head is built in a recycled buffer, kept until no retry can need it again.
   const scratch = takeBuffer(SCRATCH_BYTES);
   plan.requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, plan.out, plan.inline, scratch);
-  const key = `${hostname}:${port}`;
   const draft = client.draft;
+  const key = parent === null ? `${hostname}:${port}` : `${parent.hostname}:${parent.port}`;
   try {
     for (let attempt = 0;; attempt++) {
       // A connection pinned to this client (NTLM/Negotiate) serves its requests to that origin.
@@ -290,10 +309,12 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
       let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
       if (up === null) {
         // Stage: destination policy, on the address actually dialled.
-        const checked = checkDestination(ctx.destinations, hostname, port);
+        const checked = checkDestination(ctx.destinations, hostname, port, parent === null);
         const dial = typeof checked === "string" ? checked : await checked;
         const started = draft.timed ? performance.now() : 0;
-        up = await ctx.pool.open(hostname, port, dial);
+        up = parent === null
+          ? await ctx.pool.open(hostname, port, dial)
+          : await ctx.pool.open(parent.hostname, parent.port);
         if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
       }
       client.upstream = up.conn;
@@ -371,6 +392,8 @@ function hookBody(plan: Plan, hreq: HookRequest): void {
 interface Plan {
   /** The client's request head. */
   readonly req: RequestHead;
+  /** The parent proxy the request goes through, or null (direct). */
+  parent: ParentProxy | null;
   /** Whether the client asked to keep its connection. */
   readonly persistent: boolean;
   /** The request body's framing from the client. */
@@ -668,11 +691,14 @@ async function respond(
     // A hook's transform may stop before the client's body ended: the rest is never a next request.
     (plan.hreq !== null && plan.hreq.bodyModified && !plan.hreq.body.wire.done);
   const clientClose = !plan.persistent || early || ctx.stopping;
-  const fields = stripHopByHop(res.fields, resTokens);
+  // A parent proxy's Proxy-Authenticate is relayed (RFC 9110 §11.7.1 allows passing it down a hierarchy).
+  const fields = stripHopByHop(res.fields, resTokens, plan.parent === null ? undefined : KEEP_PROXY_AUTHENTICATE);
   fields.push(viaField(ctx.options.via, res.minor));
   // RFC 9110 §6.6.1: a recipient with a clock MUST add Date if it is missing.
   if (!has(res.fields, "date")) fields.push(["Date", httpDate()]);
   if (ctx.options.timingHeader) fields.push(serverTiming(client.draft));
+  // An error answer from the parent proxy is relayed as it is, with a Proxy-Status member naming our hop.
+  if (plan.parent !== null && res.status >= 400) fields.push(hopStatus(ctx.options, res.status, plan.parent));
   let keepOpen: boolean | null;
   let wire: BodyReader | null = null;
   let abandoned = false;
@@ -913,6 +939,9 @@ async function copyWireBody(
   }
   return true;
 }
+
+/** Kept on answers from a parent proxy. */
+const KEEP_PROXY_AUTHENTICATE: ReadonlySet<string> = new Set(["proxy-authenticate"]);
 
 /** Bytes of a body of unknown length read ahead for an HTTP/1.0 client (issue 13, item 11). */
 const HTTP10_READ_AHEAD_BYTES = 64 * 1024;

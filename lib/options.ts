@@ -6,6 +6,7 @@
 import { hasControl, parseCredential } from "./auth.ts";
 import { parseCidr } from "./cidr.ts";
 import { parseHostRule } from "./rules.ts";
+import { parseNoProxy, parseParentProxy } from "./parent.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import type { Logger } from "./log.ts";
 import type { TunnelStats } from "./tunnel.ts";
@@ -118,6 +119,20 @@ export interface ProxyOptions {
   allowPrivate?: boolean;
   /** Start listening beyond loopback without `auth` or `allowClient` (an open proxy) [false: refused]. */
   allowOpen?: boolean;
+  /**
+   * This instance's tag in the `Via` entries of forwarded requests
+   * (`1.1 waypost (tag)`): a request carrying it is a loop (508), while other
+   * instances with the same pseudonym can be chained [random per start].
+   */
+  instanceId?: string;
+  /**
+   * A parent proxy, `http://[user:pass@]host:port`: plain requests go to it in
+   * absolute-form over pooled connections, CONNECT through its CONNECT; our own
+   * credentials for it are added by us [none: direct].
+   */
+  upstreamProxy?: string;
+  /** Destinations that skip the parent (NO_PROXY conventions: names, `.suffix`, `*`, CIDRs, `:port`) [none]. */
+  noProxy?: string;
 }
 
 /** Options with every default filled in. */
@@ -165,6 +180,9 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     hostDefault: "allow" as "allow" | "deny",
     allowPrivate: false,
     allowOpen: false,
+    instanceId: "",
+    upstreamProxy: "",
+    noProxy: "",
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -203,6 +221,10 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   const out = { ...DEFAULTS } as ResolvedOptions;
   for (const [key, value] of Object.entries(options)) {
     if (value !== undefined) (out as unknown as Record<string, unknown>)[key] = value;
+  }
+  if (out.instanceId === "") out.instanceId = randomTag();
+  if (typeof out.instanceId !== "string" || !/^[A-Za-z0-9._-]{1,64}$/.test(out.instanceId)) {
+    throw new TypeError("Invalid option instanceId: letters, digits, . _ - (at most 64)");
   }
   for (const key of DURATION_OPTIONS) checkInteger(key, out[key], 0, MAX_TIMEOUT_MS, "ms (0 = off)");
   for (const key of POSITIVE_OPTIONS) checkInteger(key, out[key], 1, Number.MAX_SAFE_INTEGER, "");
@@ -257,6 +279,10 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   if (typeof out.authRealm !== "string" || hasControl(out.authRealm) || /["\\]/.test(out.authRealm)) {
     throw new TypeError("Invalid option authRealm: printable text without quotes");
   }
+  if (typeof out.upstreamProxy !== "string") throw new TypeError("Invalid option upstreamProxy: expected a URL");
+  if (out.upstreamProxy !== "") parseParentProxy(out.upstreamProxy);
+  if (typeof out.noProxy !== "string") throw new TypeError("Invalid option noProxy: expected a list");
+  parseNoProxy(out.noProxy);
   if (out.proxyProtocol && out.trustedProxies.length === 0) {
     throw new TypeError(
       "Invalid option proxyProtocol: name the load balancers in trustedProxies (--trusted-proxies CIDR)",
@@ -290,4 +316,10 @@ export function parseDuration(text: string): number {
   let n = 0;
   for (const c of m[1]) n = n * 10 + (c.charCodeAt(0) - 48);
   return n * UNIT_MS[m[2] ?? "s"];
+}
+
+/** 8 random hex digits. */
+function randomTag(): string {
+  const b = crypto.getRandomValues(new Uint8Array(4));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }

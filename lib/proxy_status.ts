@@ -33,6 +33,13 @@ const TYPES: Readonly<Record<string, string>> = Object.freeze({
   "proxy-auth-required": "http_request_denied",
   "proxy-auth-failed": "http_request_denied",
   "client-denied": "http_request_denied",
+  "parent-closed": "connection_terminated",
+  "parent-truncated-head": "http_response_incomplete",
+  "parent-reset": "connection_terminated",
+  "parent-write-failed": "connection_terminated",
+  "parent-bad-response": "http_protocol_error",
+  "parent-too-many-interim": "http_protocol_error",
+  "parent-timeout": "http_response_timeout",
   "connect-denied": "http_request_denied",
   // RFC 9209's connection_limit_reached is about connections to the next hop; a
   // refusal at the proxy's own limits is a local answer that never tried one.
@@ -83,4 +90,18 @@ export function proxyStatusField(name: string, error: ProxyError, details = fals
     "Proxy-Status",
     details ? `${member}; error=${type}; details=${sfString(error.code)}` : `${member}; error=${type}`,
   ];
+}
+
+/**
+ * Our `Proxy-Status` member for an answer relayed from a parent proxy
+ * (RFC 9209 §2.1.1 `received-status`; `next-hop` only with details on, since it
+ * reveals topology).
+ */
+export function hopStatus(
+  options: { via: string; proxyStatusDetails: boolean },
+  status: number,
+  parent: { display: string },
+): Field {
+  const next = options.proxyStatusDetails ? `; next-hop=${sfString(parent.display.replace(/^http:\/\//, ""))}` : "";
+  return ["Proxy-Status", `${proxyStatusName(options.via)}; received-status=${status}${next}`];
 }

@@ -72,8 +72,8 @@ export function targetVerdict(head: RequestHead): AbsoluteTarget | null {
  *
  * @throws {LoopDetectedError} 508.
  */
-export function checkLoop(fields: readonly Field[], pseudonym: string): void {
-  if (viaContains(fields, pseudonym)) throw new LoopDetectedError();
+export function checkLoop(fields: readonly Field[], pseudonym: string, tag: string | null = null): void {
+  if (viaContains(fields, pseudonym, tag)) throw new LoopDetectedError();
 }
 
 /**

@@ -20,6 +20,7 @@ import { UpstreamPool } from "./upstream.ts";
 import { type Cidr, matchCidr, parseCidr } from "./cidr.ts";
 import { ProxyProtocolError, readProxyHeader } from "./proxy_protocol.ts";
 import { basicChallenge, Credentials, FailureDelay } from "./auth.ts";
+import { parseNoProxy, parseParentProxy } from "./parent.ts";
 import { type DestinationPolicy, listensBeyondLoopback, parseHostRule } from "./rules.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import { Metrics, RecentExchanges } from "./metrics.ts";
@@ -389,6 +390,8 @@ function exchangeContext(
     authFailures: existingFailures ?? new FailureDelay(),
     authChallenge: basicChallenge(opts.authRealm),
     destinations,
+    parent: opts.upstreamProxy === "" ? null : parseParentProxy(opts.upstreamProxy),
+    noProxy: parseNoProxy(opts.noProxy),
   };
 }
 

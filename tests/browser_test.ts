@@ -298,12 +298,12 @@ Deno.test({
     // The browser's side: the origin's page, which says it was reached through waypost.
     assert.match(run.stdout, /<title>pac-check<\/title>/, `not the origin's page:\n${run.stdout}`);
     assert.match(run.stdout, /<p id="target">\/pac-check<\/p>/);
-    assert.match(run.stdout, /<p id="via">1\.1 waypost<\/p>/);
+    assert.match(run.stdout, /<p id="via">1\.1 waypost \([0-9a-f]{8}\)<\/p>/);
     // The origin's side: the request came from the proxy, for the name Chromium was given.
     const req = origin.requests.find((r) => r.target === "/pac-check");
     assert.ok(req !== undefined, `the origin got no /pac-check: ${origin.requestLines().join(", ")}`);
     const field = (name: string) => req.fields.filter((f) => f[0].toLowerCase() === name).map((f) => f[1]);
-    assert.deepEqual(field("via"), ["1.1 waypost"]);
+    assert.deepEqual(field("via"), [/^1\.1 waypost \([0-9a-f]{8}\)$/.exec(field("via")[0])![0]]);
     assert.deepEqual(field("host"), [`${PAC_HOST}:${origin.port}`]);
     // The proxy's side: Chromium fetched the PAC file from it (one fetch above was this test's), and the page
     // was forwarded to the origin; anything else Chromium sent was refused without a dial.

@@ -33,6 +33,7 @@ Deno.test("--help names every option; every ProxyOptions default a user can set 
     "maxIdlePerOrigin",
     "upstreamIdleTimeoutMs",
     "reusePort",
+    "instanceId",
     "metrics",
   ]);
   for (const key of Object.keys(DEFAULTS)) {

@@ -199,36 +199,37 @@ Deno.test("Via is added per hop version in both directions", async (t) => {
         return ok("ok");
     }
   }));
-  await using proxy = startTestProxy();
+  // Requests carry this instance's tag (loop detection that lets two instances chain); responses do not.
+  await using proxy = startTestProxy({ instanceId: "t1" });
   const rows: { name: string; wire: string; toOrigin: string[]; toClient: string[] }[] = [
     {
       name: "HTTP/1.1 client, HTTP/1.1 origin",
       wire: get(origin.url("/")),
-      toOrigin: ["1.1 waypost"],
+      toOrigin: ["1.1 waypost (t1)"],
       toClient: ["1.1 waypost"],
     },
     {
       name: "HTTP/1.0 client",
       wire: get(origin.url("/"), [], "1.0"),
-      toOrigin: ["1.0 waypost"],
+      toOrigin: ["1.0 waypost (t1)"],
       toClient: ["1.1 waypost"],
     },
     {
       name: "existing request Via entries are kept before ours",
       wire: get(origin.url("/"), ["Via: 1.0 fred, 1.1 example.com (Apache/1.1)"]),
-      toOrigin: ["1.0 fred", "1.1 example.com (Apache/1.1)", "1.1 waypost"],
+      toOrigin: ["1.0 fred", "1.1 example.com (Apache/1.1)", "1.1 waypost (t1)"],
       toClient: ["1.1 waypost"],
     },
     {
       name: "HTTP/1.0 origin",
       wire: get(origin.url("/origin-10")),
-      toOrigin: ["1.1 waypost"],
+      toOrigin: ["1.1 waypost (t1)"],
       toClient: ["1.0 waypost"],
     },
     {
       name: "existing response Via entries are kept before ours",
       wire: get(origin.url("/origin-via")),
-      toOrigin: ["1.1 waypost"],
+      toOrigin: ["1.1 waypost (t1)"],
       toClient: ["1.1 inner", "1.1 waypost"],
     },
   ];
