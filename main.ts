@@ -103,6 +103,10 @@ async function main(args: string[]): Promise<void> {
     if (error instanceof UsageError) fail(error.message);
     throw error;
   }
+  // One tag for every thread of this process: a loop through any of them is a loop through this proxy.
+  const instanceId = Array.from(crypto.getRandomValues(new Uint8Array(4)), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+  options.instanceId = instanceId;
   const logConfig = logConfigFrom(settings);
   let access: ReturnType<typeof accessLogFor> | null = null;
   if (logConfig !== null) {
@@ -194,7 +198,7 @@ async function main(args: string[]): Promise<void> {
         const next: Settings = { ...readConfig(cli.config), ...cli.settings };
         const fixed = restartNeeded(settings, next);
         for (const name of fixed) next[name] = settings[name] as Settings[string];
-        const fresh = { ...proxyOptionsWithFiles(next), logger: options.logger };
+        const fresh = { ...proxyOptionsWithFiles(next), logger: options.logger, instanceId };
         delete fresh.hostname;
         delete fresh.port;
         proxy.reconfigure(fresh);

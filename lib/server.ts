@@ -270,6 +270,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       ...options,
       hostname: options.hostname ?? opts.hostname,
       port: options.port ?? opts.port,
+      instanceId: options.instanceId ?? opts.instanceId,
     });
     for (const key of RESTART_KEYS) {
       const was = key === "port" ? (listener.addr as Deno.NetAddr).port : opts[key];
