@@ -142,12 +142,25 @@ async function main(args: string[]): Promise<void> {
   const workers = values.workers === "auto"
     ? Math.max(1, navigator.hardwareConcurrency || 1)
     : (values.workers as number | undefined) ?? 1;
-  // SO_REUSEPORT is behind --unstable-net; without it Deno would exit on the listen call.
-  if (workers > 1 && typeof (Deno as unknown as Record<string, unknown>).listenDatagram !== "function") {
-    fail(
-      "--workers needs --unstable-net (SO_REUSEPORT) and read access to lib/worker.ts, e.g.\n" +
-        "  deno run --allow-net --allow-read --unstable-net main.ts --workers auto",
-    );
+  if (workers > 1) {
+    // Worker threads load lib/ themselves: from a local checkout that needs read access to it (a remote
+    // main.ts loads them by URL instead). SO_REUSEPORT is behind --unstable-net; without it Deno would
+    // exit on the listen call.
+    const lib = new URL("./lib/", import.meta.url);
+    const local = lib.protocol === "file:";
+    const readable = !local || Deno.permissions.querySync({ name: "read", path: lib }).state === "granted";
+    const unstable = typeof (Deno as unknown as Record<string, unknown>).listenDatagram === "function";
+    if (!readable || !unstable) {
+      const libPath = local ? decodeURIComponent(lib.pathname) : "";
+      const needs = [!unstable && "--unstable-net (SO_REUSEPORT)", !readable && `read access to ${libPath}`];
+      const self = local ? decodeURIComponent(new URL(import.meta.url).pathname) : import.meta.url;
+      const read = local ? `--allow-read=${libPath} ` : "";
+      fail(
+        `--workers ${values.workers} needs ${needs.filter(Boolean).join(" and ")}, e.g.\n` +
+          `  deno run --allow-net ${read}--unstable-net ${self} --workers ${values.workers}\n` +
+          "  (or: deno task start:workers)",
+      );
+    }
   }
 
   const where = `${options.hostname ?? DEFAULTS.hostname}:${options.port ?? DEFAULTS.port}`;

@@ -102,3 +102,16 @@ Deno.test("--workers without --unstable-net is a usage error (exit 2), not a cra
   assert.equal(out.code, 2);
   assert.match(new TextDecoder().decode(out.stderr), /--unstable-net/);
 });
+
+Deno.test("--workers without read access to lib/ is a usage error naming the exact command line", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--unstable-net", MAIN, "--port", "0", "--workers", "2"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 2);
+  const err = new TextDecoder().decode(out.stderr);
+  assert.match(err, /--workers 2 needs read access to \S+\/lib\//);
+  assert.match(err, /deno run --allow-net --allow-read=\S+\/lib\/ --unstable-net \S+main\.ts --workers 2/);
+  assert.ok(!err.includes("a worker failed"), "it failed in a worker instead of before starting");
+});
