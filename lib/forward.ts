@@ -457,7 +457,7 @@ async function exchange(
 ): Promise<boolean | typeof RETRY> {
   const { persistent, canRetry } = plan;
   try {
-    if (client.draft.timed) client.draft.sentMs = performance.now() - client.draft.startedAt;
+    if (ctx.options.timingHeader) client.draft.sentMs = performance.now() - client.draft.startedAt;
     await writeAll(up.conn, plan.requestHead);
   } catch (error) {
     closeQuietly(up.conn);
