@@ -183,6 +183,8 @@ async function main(args: string[]): Promise<void> {
     console.error(`waypost: cannot listen on ${where}: ${why}`);
     Deno.exit(1);
   }
+  // The access log's written and dropped lines are metrics too (read at scrape time, no second count).
+  if (access !== null) proxy.metrics?.watchAccessLog(access.log);
   const { hostname, port: bound } = proxy.addr;
   const threads = await startWorkers(
     workers - 1,

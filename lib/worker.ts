@@ -42,6 +42,7 @@ self.onmessage = async (event: MessageEvent) => {
       const hooks: ProxyHooks[] = [...(access ? [access.log.hooks] : []), ...(Array.isArray(user) ? user : [user])];
       const logger = consoleLogger(message.logLevel);
       proxy = startProxy({ ...message.options, hooks: hooks.length > 0 ? hooks : undefined, reusePort: true, logger });
+      if (access !== null) proxy.metrics?.watchAccessLog(access.log);
       self.postMessage({ type: "listening" });
     } catch (error) {
       self.postMessage({ type: "error", message: error instanceof Error ? error.message : String(error) });

@@ -276,3 +276,50 @@ Deno.test("CLI: --log-file appends lines, SIGHUP reopens it (rotation)", async (
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("CLI: the access log's written and dropped lines are in /metrics", async () => {
+  await using origin = startOrigin(echoTarget);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      new URL("../main.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+      "--log-format",
+      "json",
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  try {
+    const reader = child.stdout.getReader();
+    let out = "";
+    while (!out.includes("\n")) out += new TextDecoder().decode((await reader.read()).value);
+    const port = Number(/:(\d+)/.exec(out)?.[1]);
+    // Keep draining stdout (the log) so the writer never stalls.
+    const drain = (async () => {
+      while (!(await reader.read()).done) { /* the lines are not needed */ }
+    })();
+    const fetchText = async (request: string) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      await conn.write(new TextEncoder().encode(request));
+      return await new Response(conn.readable).text();
+    };
+    await fetchText(get(origin.url("/one"), ["Connection: close"]));
+    await new Promise((r) => setTimeout(r, 150)); // the log writes its batch every 50 ms
+    const metrics = await fetchText("GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert.match(metrics, /^waypost_log_lines_written_total [1-9]/m);
+    assert.match(metrics, /^waypost_log_lines_dropped_total 0$/m);
+    child.kill("SIGTERM");
+    await drain;
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await child.status;
+  }
+});
