@@ -227,7 +227,7 @@ export class AccessLog {
       if (this.#encode(line)) {
         this.#lines++;
       } else {
-        // Longer than a whole buffer (a very long target): it goes out on its own.
+        // Longer than a whole buffer (a very long target): it goes out on its own, after the write in flight.
         this.#send(encoder.encode(line), 1);
         return;
       }
@@ -265,11 +265,13 @@ export class AccessLog {
     this.#send(bytes, lines);
   }
 
-  /** Starts the one write in flight. */
+  /** Starts a write, after the one in flight if there is one (writes never overlap). */
   #send(bytes: Uint8Array, lines: number): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#writing = writeAll(this.#sink, bytes).then(
+    const previous = this.#writing;
+    const start = () => writeAll(this.#sink, bytes);
+    const writing: Promise<void> = (previous === null ? start() : previous.then(start)).then(
       () => {
         this.written += lines;
       },
@@ -278,6 +280,7 @@ export class AccessLog {
         this.dropped += lines;
       },
     ).finally(() => {
+      if (this.#writing !== writing) return; // a later write was chained after this one
       this.#writing = null;
       // What gathered meanwhile goes on the next tick of the batch timer.
       if (this.#fill > 0 && this.#timer === undefined) {
@@ -285,6 +288,7 @@ export class AccessLog {
         Deno.unrefTimer(this.#timer);
       }
     });
+    this.#writing = writing;
   }
 
   /**
@@ -370,6 +374,8 @@ export function reopenAccessLog(
   const old = access.sink;
   access.sink = fresh;
   access.log.reopen(fresh).finally(() => {
+    // Standard output is never closed (a reload may move the log from it to a file).
+    if (old === Deno.stdout) return;
     try {
       old.close?.();
     } catch {

@@ -13,7 +13,7 @@ import { checkDestination } from "./destination.ts";
 import { authorityOf, bypassesParent, openParentTunnel, type ParentProxy, type ParentRefusal } from "./parent.ts";
 import { hopStatus } from "./proxy_status.ts";
 import type { ClientSide, ExchangeContext } from "./exchange_state.ts";
-import { connectionTokens, stripHopByHop, viaField } from "./fields.ts";
+import { connectionTokens, stripHopByHop, taggedViaField, viaField } from "./fields.ts";
 import type { RequestHead, ResponseHead } from "./head.ts";
 import { connectRequest, normalizeReply } from "./hook_messages.ts";
 import { callHook } from "./hook_runner.ts";
@@ -72,26 +72,34 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
     }
   }
   checkLoop(head.fields, ctx.options.via, ctx.options.instanceId);
-  if (draft.timed) draft.connectMs = -performance.now();
+  const started = draft.timed ? performance.now() : 0;
   // Stage: destination policy, on the address actually dialled (the parent resolves names it is given).
   const parent = ctx.parent !== null && !bypassesParent(ctx.noProxy, hostname, port) ? ctx.parent : null;
-  const checked = checkDestination(ctx.destinations, hostname, port, parent === null);
+  const checked = checkDestination(ctx.destinations, hostname, port, parent === null, ctx.options.connectTimeoutMs);
   const dial = typeof checked === "string" ? checked : await checked;
   const conn = parent === null
     ? await connectUpstream(dial, port, ctx.options.connectTimeoutMs)
     : await connectUpstream(parent.hostname, parent.port, ctx.options.connectTimeoutMs);
   const reader = new ConnReader(conn, 65536);
   if (parent !== null) {
-    // The parent's CONNECT; bytes it sent past its 200 stay in `reader` for the relay.
-    const answer = await openParentTunnel(conn, reader, parent, authorityOf(hostname, port), {
-      timeoutMs: ctx.options.responseTimeoutMs,
-    });
+    // The parent's CONNECT (with our tagged Via: a CONNECT loop through parents is caught like any other);
+    // bytes it sent past its 200 stay in `reader` for the relay.
+    let answer;
+    try {
+      answer = await openParentTunnel(conn, reader, parent, authorityOf(hostname, port), {
+        timeoutMs: ctx.options.responseTimeoutMs,
+        via: taggedViaField(ctx.options.via, ctx.options.instanceId, 1)[1],
+      });
+    } catch (error) {
+      closeQuietly(conn);
+      throw error;
+    }
     if (!answer.ok) {
       await relayRefusal(ctx, client, answer, parent);
       return false;
     }
   }
-  if (draft.timed) draft.connectMs = Math.round((draft.connectMs! + performance.now()) * 100) / 100;
+  if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
   client.upstream = conn;
   draft.upstream = conn;
   try {

@@ -1,16 +1,26 @@
 /**
- * The destination stage: the last check before the proxy dials. Name rules
- * are decided from the name; IP rules and the private-address block from the
- * addresses the name resolves to, all of them, once: the proxy then connects
- * to the address it checked (no second lookup, so DNS rebinding cannot slip
- * past). Without rules nothing is checked and nothing is looked up.
+ * The destination stage: the last check before the proxy dials. An IP literal
+ * (and the numeric IPv4 forms the system resolver accepts) is checked as the
+ * address it is; a name, when the policy has IP rules or blocks private
+ * addresses, is resolved once, every address it resolves to is checked, and
+ * the proxy connects to the address it checked (no second lookup, so DNS
+ * rebinding cannot slip past). Without rules nothing is checked and nothing is
+ * looked up. A pooled connection is checked by the address it is connected to.
  *
  * @module
  */
 import { lookup } from "node:dns/promises";
-import { parseIp } from "./cidr.ts";
-import { ForbiddenError, UpstreamError } from "./errors.ts";
-import { type DestinationPolicy, destinationVerdict, isOpenPolicy, type Verdict } from "./rules.ts";
+import { type IpBytes, parseIp } from "./cidr.ts";
+import { ForbiddenError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
+import {
+  type DestinationPolicy,
+  destinationVerdict,
+  hostAddress,
+  isOpenPolicy,
+  needsAddresses,
+  type Verdict,
+  verdictBeforeLookup,
+} from "./rules.ts";
 
 function refused(verdict: Verdict, host: string, port: number): ForbiddenError {
   const code = verdict.type === "destination_ip_prohibited" ? "destination-ip-prohibited" : "destination-denied";
@@ -22,43 +32,99 @@ function refused(verdict: Verdict, host: string, port: number): ForbiddenError {
   return new ForbiddenError(`The proxy does not go to ${host}:${port}: ${why}`, code);
 }
 
+/** An address as text to dial. */
+function addressText(a: IpBytes): string {
+  if (a.length === 4) return a.join(".");
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((a[i] << 8) | a[i + 1]).toString(16));
+  return groups.join(":");
+}
+
 /**
  * Checks `host:port` against the policy and returns what to dial: the host
- * itself, or the checked address when the verdict needed the addresses.
+ * itself, the canonical address of a numeric host, or the checked address of
+ * a resolved name. With `resolve` false (a parent proxy resolves names) a name
+ * is decided by the name rules and the default only.
  *
  * @throws {ForbiddenError} 403 naming the rule (`destination-denied`, `destination-ip-prohibited`).
  * @throws {UpstreamError} 502 when the name does not resolve (`upstream-unresolvable`).
+ * @throws {UpstreamTimeoutError} 504 when resolving takes longer than `timeoutMs` (`upstream-connect-timeout`).
  */
 export function checkDestination(
   policy: DestinationPolicy,
   host: string,
   port: number,
   resolve = true,
+  timeoutMs = 0,
 ): string | Promise<string> {
   if (isOpenPolicy(policy)) return host;
-  const first = destinationVerdict(policy, host, port, null);
-  if (first !== null) {
-    if (!first.allowed) throw refused(first, host, port);
+  const literal = hostAddress(host);
+  if (literal !== null) {
+    const verdict = destinationVerdict(policy, host, port, literal);
+    if (!verdict.allowed) throw refused(verdict, host, port);
+    return addressText(literal);
+  }
+  if (!resolve || !needsAddresses(policy)) {
+    const verdict = destinationVerdict(policy, host, port, null);
+    if (!verdict.allowed) throw refused(verdict, host, port);
     return host;
   }
-  // Through a parent proxy the parent resolves names: IP rules apply to IP-literal destinations only.
-  if (!resolve) return host;
-  return resolveChecked(policy, host, port);
+  // A name rule that decides before any IP rule could saves the lookup (and a denied name is never looked up).
+  const early = verdictBeforeLookup(policy, host, port);
+  if (early !== null) {
+    if (!early.allowed) throw refused(early, host, port);
+    return host;
+  }
+  return resolveChecked(policy, host, port, timeoutMs);
 }
 
-async function resolveChecked(policy: DestinationPolicy, host: string, port: number): Promise<string> {
+/**
+ * Checks a pooled connection about to be reused for `host:port` by the
+ * address it is connected to (the rules may have changed since it was opened).
+ *
+ * @throws {ForbiddenError} as {@link checkDestination}.
+ */
+export function checkPooled(policy: DestinationPolicy, host: string, port: number, conn: Deno.Conn): void {
+  if (isOpenPolicy(policy)) return;
+  const address = parseIp((conn.remoteAddr as Deno.NetAddr).hostname);
+  const verdict = destinationVerdict(policy, host, port, address);
+  if (!verdict.allowed) throw refused(verdict, host, port);
+}
+
+async function resolveChecked(
+  policy: DestinationPolicy,
+  host: string,
+  port: number,
+  timeoutMs: number,
+): Promise<string> {
   let found: { address: string }[];
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    found = await lookup(host, { all: true, verbatim: true });
+    // The lookup cannot be cancelled; the connect timeout bounds how long the exchange waits for it.
+    const expired = new Promise<never>((_, reject) => {
+      if (timeoutMs > 0) {
+        timer = setTimeout(
+          () => reject(new UpstreamTimeoutError(`Timed out resolving ${host}`, "upstream-connect-timeout")),
+          timeoutMs,
+        );
+      }
+    });
+    found = await Promise.race([lookup(host, { all: true, verbatim: true }), expired]);
   } catch (error) {
+    if (error instanceof UpstreamTimeoutError) throw error;
     throw new UpstreamError(`Cannot resolve ${host}`, "upstream-unresolvable", error);
+  } finally {
+    clearTimeout(timer);
   }
   if (found.length === 0) throw new UpstreamError(`Cannot resolve ${host}`, "upstream-unresolvable");
   // Every address must pass: a name with one address in a refused range is refused.
   for (const { address } of found) {
     const bytes = parseIp(address);
-    const verdict = destinationVerdict(policy, host, port, bytes);
-    if (verdict !== null && !verdict.allowed) throw refused(verdict, host, port);
+    // An address we cannot read is not dialled (fail closed).
+    const verdict: Verdict = bytes === null
+      ? { allowed: false, why: "private address", type: "destination_ip_prohibited" }
+      : destinationVerdict(policy, host, port, bytes);
+    if (!verdict.allowed) throw refused(verdict, host, port);
   }
   return found[0].address;
 }

@@ -95,6 +95,13 @@ async function answerWithHook(ctx: ExchangeContext, s: ErrorTarget, error: Proxy
     if (!has(answer.fields, "proxy-status")) {
       answer.fields.push(proxyStatusField(ctx.options.via, error, ctx.options.proxyStatusDetails));
     }
+    // RFC 9110 §15.5.8: a 407 MUST carry the challenge; a custom page keeps it (and the failure delay).
+    if (error instanceof ProxyAuthError) {
+      if (answer.status === 407 && !has(answer.fields, "proxy-authenticate")) {
+        answer.fields.push(["Proxy-Authenticate", error.challenge]);
+      }
+      if (error.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, error.delayMs));
+    }
     await writeAnswer(s, answer, {
       method: s.method,
       minor: s.minor,

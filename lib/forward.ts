@@ -19,7 +19,7 @@ import {
   UpstreamError,
   UpstreamTimeoutError,
 } from "./errors.ts";
-import { checkDestination } from "./destination.ts";
+import { checkDestination, checkPooled } from "./destination.ts";
 import {
   connectionTokens,
   dropField,
@@ -121,7 +121,9 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   if (ctx.credentials !== null && head.target.charCodeAt(0) !== 0x2f) authenticate(ctx, client, fields);
   if (head.method === "CONNECT") return connectTunnel(ctx, client, head);
   if (head.target.charCodeAt(0) === 0x2f) {
-    // Origin-form: addressed to the proxy itself (its pages): never forwarded, no hooks.
+    // Origin-form: addressed to the proxy itself (its pages): never forwarded, no hooks. A request that
+    // came through this proxy (to its own address) is a loop, not an admin client on loopback.
+    checkLoop(fields, ctx.options.via, ctx.options.instanceId);
     const page = pageAnswer({
       method: head.method,
       target: head.target,
@@ -290,12 +292,15 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
   if (parent !== null) {
     const authority = hostname === dest.hostname && port === dest.port ? dest.authority : authorityOf(hostname, port);
     path = path === "*" ? `http://${authority}` : `http://${authority}${path}`;
-    if (parent.authorization !== null) plan.out.push(["Proxy-Authorization", parent.authorization]);
   }
   const auth = hasConnectionAuth(getAll(head.fields, "authorization"));
   // The head is built in a recycled buffer, kept until no retry can need it again.
   const scratch = takeBuffer(SCRATCH_BYTES);
-  plan.requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, plan.out, plan.inline, scratch);
+  // Our credentials for the parent go on the wire only, never into the fields hooks can read.
+  const outFields = parent?.authorization
+    ? [...plan.out, ["Proxy-Authorization", parent.authorization] as Field]
+    : plan.out;
+  plan.requestHead = serializeHead(`${head.method} ${path} HTTP/1.1`, outFields, plan.inline, scratch);
   const draft = client.draft;
   const key = parent === null ? `${hostname}:${port}` : `${parent.hostname}:${parent.port}`;
   try {
@@ -306,10 +311,24 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
         client.pinned = null;
         pinned.reused = true; // it may have gone stale while idle: the retry rules apply
       }
+      // Stage: destination policy. Through a parent every request is checked by name (the pooled
+      // connection is the parent's); a pooled direct connection by the address it is connected to.
+      if (attempt === 0 && parent !== null) checkDestination(ctx.destinations, hostname, port, false);
       let up = pinned ?? (attempt === 0 ? ctx.pool.take(key) : null);
+      if (up !== null && parent === null) {
+        try {
+          checkPooled(ctx.destinations, hostname, port, up.conn);
+        } catch (error) {
+          if (pinned === null) ctx.pool.release(up);
+          else closeQuietly(up.conn);
+          throw error;
+        }
+      }
       if (up === null) {
-        // Stage: destination policy, on the address actually dialled.
-        const checked = checkDestination(ctx.destinations, hostname, port, parent === null);
+        // A new connection: to the address the check resolved and allowed.
+        const checked = parent === null
+          ? checkDestination(ctx.destinations, hostname, port, true, ctx.options.connectTimeoutMs)
+          : hostname;
         const dial = typeof checked === "string" ? checked : await checked;
         const started = draft.timed ? performance.now() : 0;
         up = parent === null

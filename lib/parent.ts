@@ -283,6 +283,8 @@ export interface ParentTunnelOptions {
   maxBodyBytes?: number;
   /** Limits for each response head from the parent [DEFAULT_HEAD_LIMITS]. */
   headLimits?: HeadLimits;
+  /** Our `Via` entry for the CONNECT (RFC 9110 §7.6.3) [none]. */
+  via?: string;
 }
 
 /** The parent's refusal of a CONNECT, to relay to the client. */
@@ -342,10 +344,12 @@ export const PARENT_ERROR_TYPES: Readonly<Record<string, string>> = Object.freez
 });
 
 /** The CONNECT request sent to the parent for `authority`. */
-export function parentConnectRequest(parent: ParentProxy, authority: string): Uint8Array {
+export function parentConnectRequest(parent: ParentProxy, authority: string, via?: string): Uint8Array {
   if (!CONNECT_AUTHORITY.test(authority)) throw new TypeError(`not an authority-form target: ${authority}`);
   const auth = parent.authorization === null ? "" : `Proxy-Authorization: ${parent.authorization}\r\n`;
-  return encodeLatin1(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${auth}\r\n`);
+  // RFC 9110 §7.6.3: a forwarded message carries Via (and a loop through parents is then caught).
+  const viaLine = via === undefined ? "" : `Via: ${via}\r\n`;
+  return encodeLatin1(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${viaLine}${auth}\r\n`);
 }
 
 /**
@@ -374,7 +378,7 @@ export async function openParentTunnel(
   authority: string,
   options: ParentTunnelOptions,
 ): Promise<ParentTunnelResult> {
-  const request = parentConnectRequest(parent, authority);
+  const request = parentConnectRequest(parent, authority, options.via);
   let timedOut = false;
   const timer = options.timeoutMs > 0
     ? setTimeout(() => {

@@ -122,34 +122,92 @@ export function needsAddresses(p: DestinationPolicy): boolean {
 }
 
 /**
+ * The IP address a host names, as the system resolver would read it: an IPv4
+ * or IPv6 literal, or one of the numeric IPv4 forms `inet_aton` accepts
+ * (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`), which `Deno.connect` dials
+ * as that address. Null for a name.
+ */
+export function hostAddress(host: string): IpBytes | null {
+  const name = host.replace(/^\[|\]$/g, "").replace(/\.$/, "");
+  return parseIp(name) ?? inetAton(name);
+}
+
+/** inet_aton's forms: 1 to 4 parts, each decimal, octal (leading 0) or hex (0x); the last fills the rest. */
+function inetAton(text: string): IpBytes | null {
+  if (!/^[0-9a-fx.]+$/i.test(text)) return null;
+  const parts = text.split(".");
+  if (parts.length > 4 || parts.some((p) => p === "")) return null;
+  const values: number[] = [];
+  for (const p of parts) {
+    const v = /^0x[0-9a-f]*$/i.test(p)
+      ? parseInt(p.slice(2) || "0", 16)
+      : /^0[0-7]*$/.test(p)
+      ? parseInt(p, 8)
+      : /^[1-9][0-9]*$/.test(p)
+      ? Number(p)
+      : NaN;
+    if (!Number.isFinite(v)) return null;
+    values.push(v);
+  }
+  const last = values.pop()!;
+  if (values.some((v) => v > 255) || last >= 2 ** (8 * (4 - values.length))) return null;
+  const out = new Uint8Array(4);
+  values.forEach((v, i) => out[i] = v);
+  for (let i = 3, rest = last; i >= values.length; i--, rest = Math.floor(rest / 256)) out[i] = rest % 256;
+  return out;
+}
+
+/**
  * The verdict for `host:port` reached at `address` (the address dialled or
- * about to be; null when not known yet: then only name rules can match, and a
- * name that matches no rule is decided when the address is known).
+ * about to be; for an IP literal its own address is used). Rules are tried in
+ * order, the first match wins: a name rule by the requested name, an IP rule
+ * by the address. With `address` null for a name (not resolved: a parent
+ * proxy resolves it), IP rules cannot match and are skipped.
+ *
+ * The private-address block wins over every allow except an IP rule that
+ * covers the address: `allow *` or `allow *.example.com` never opens
+ * loopback or metadata addresses a name happens to resolve to.
  */
 export function destinationVerdict(
   p: DestinationPolicy,
   host: string,
   port: number,
   address: IpBytes | null,
-): Verdict | null {
+): Verdict {
   const name = host.toLowerCase().replace(/^\[|\]$/g, "").replace(/\.$/, "");
-  const literal = parseIp(name);
-  const addr = address ?? literal;
+  const addr = address ?? hostAddress(name);
+  const special = p.blockPrivate && addr !== null && isSpecialAddress(addr);
   for (const rule of p.rules) {
-    if (rule.kind === "cidr" && addr === null) continue; // decided once the address is known
-    if (matches(rule, name, port, addr)) {
-      return rule.action === "allow" ? { allowed: true, why: rule.text, type: "http_request_denied" } : {
+    if (!matches(rule, name, port, addr)) continue;
+    if (rule.action === "deny") {
+      return {
         allowed: false,
         why: rule.text,
         type: rule.kind === "cidr" ? "destination_ip_prohibited" : "http_request_denied",
       };
     }
+    if (special && rule.kind !== "cidr") continue; // only an IP rule opens a private address
+    return { allowed: true, why: rule.text, type: "http_request_denied" };
   }
-  if (addr === null && needsAddresses(p)) return null;
-  if (p.blockPrivate && addr !== null && isSpecialAddress(addr)) {
-    return { allowed: false, why: "private address", type: "destination_ip_prohibited" };
-  }
+  if (special) return { allowed: false, why: "private address", type: "destination_ip_prohibited" };
   return p.defaultAllow ? ALLOWED : { allowed: false, why: "default", type: "http_request_denied" };
+}
+
+/**
+ * The verdict a name gets before its addresses are known, when that is
+ * already certain: the first rule that could match is a name rule that does
+ * (a deny; or an allow, unless the private block still has to see the
+ * addresses). Null when only the addresses can tell (no lookup is saved).
+ */
+export function verdictBeforeLookup(p: DestinationPolicy, host: string, port: number): Verdict | null {
+  const name = host.toLowerCase().replace(/\.$/, "");
+  for (const rule of p.rules) {
+    if (rule.kind === "cidr") return null; // an earlier IP rule could match first
+    if (!matches(rule, name, port, null)) continue;
+    if (rule.action === "deny") return { allowed: false, why: rule.text, type: "http_request_denied" };
+    return p.blockPrivate ? null : { allowed: true, why: rule.text, type: "http_request_denied" };
+  }
+  return null;
 }
 
 const SPECIAL_V4: readonly Cidr[] = [

@@ -50,6 +50,7 @@ export const REASON: Readonly<Record<number, string>> = Object.freeze({
   403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
+  407: "Proxy Authentication Required",
   408: "Request Timeout",
   413: "Content Too Large",
   414: "URI Too Long",

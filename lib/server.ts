@@ -266,22 +266,23 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   else opts.signal?.addEventListener("abort", () => shutdown(), { once: true });
 
   function reconfigure(options: ProxyOptions): void {
+    if (stopPromise !== null) throw new TypeError("The proxy is stopping: nothing to reconfigure");
+    // Only keys the caller gave are compared: a restart-only key left out keeps its running value.
+    for (const key of RESTART_KEYS) {
+      const given = options[key];
+      if (given === undefined) continue;
+      const was = key === "port" ? (listener.addr as Deno.NetAddr).port : opts[key];
+      if (!(key === "port" ? given === 0 || given === was : given === was)) {
+        throw new TypeError(`Option ${key} cannot change without a restart`);
+      }
+    }
+    const kept: Record<string, unknown> = {};
+    for (const key of RESTART_KEYS) kept[key] = opts[key];
     const next = resolveOptions({
       ...options,
-      hostname: options.hostname ?? opts.hostname,
-      port: options.port ?? opts.port,
+      ...kept,
       instanceId: options.instanceId ?? opts.instanceId,
-    });
-    for (const key of RESTART_KEYS) {
-      const was = key === "port" ? (listener.addr as Deno.NetAddr).port : opts[key];
-      const now = next[key];
-      const same = key === "port"
-        ? now === 0 || now === was
-        : key === "metrics"
-        ? now === was
-        : now === undefined || now === was;
-      if (!same) throw new TypeError(`Option ${key} cannot change without a restart`);
-    }
+    } as ProxyOptions);
     // Everything an exchange reads through the shared context changes in place: new
     // connections and the next exchange on an open one see it; exchanges under way keep theirs.
     refuseOpenRelay(next);

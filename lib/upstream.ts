@@ -139,7 +139,8 @@ export class UpstreamPool {
 
   /** Expires idle connections: one interval while any are held, no timer per release. */
   #sweep(): void {
-    const cutoff = tick() - this.#options.idleTimeoutMs;
+    // An idle timeout of 0 is off (as for every timeout): idle connections stay until the origin closes them.
+    const cutoff = this.#options.idleTimeoutMs > 0 ? tick() - this.#options.idleTimeoutMs : -Infinity;
     for (const [key, list] of this.#idle) {
       if (list.length === 0) {
         this.#idle.delete(key);

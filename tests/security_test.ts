@@ -15,6 +15,7 @@ import {
   isSpecialAddress,
   listensBeyondLoopback,
   parseHostRule,
+  verdictBeforeLookup,
 } from "../lib/rules.ts";
 import { startProxy } from "../lib/server.ts";
 import { silentLogger } from "../lib/log.ts";
@@ -216,7 +217,11 @@ Deno.test("destination rules: names, *.suffix, CIDR, ports, first match wins; IP
   assert.equal(v(p, "10.1.2.3", 80)?.allowed, true, "the rule is for port 443 only");
   assert.equal(v(p, "::ffff:10.1.2.3", 443)?.allowed, false, "IPv4-mapped is the IPv4 address");
   assert.equal(v(p, "[::1]", 8080)?.allowed, false);
-  assert.equal(v(p, "name.test", 443)?.allowed, undefined, "a name waits for its addresses when IP rules exist");
+  assert.equal(
+    v(p, "name.test", 443)?.allowed,
+    true,
+    "unresolved (through a parent): name rules and the default decide",
+  );
   assert.equal(
     v(p, "name.test", 443, "10.9.9.9")?.why,
     "deny 10.0.0.0/8:443",
@@ -263,7 +268,7 @@ Deno.test("destination rules: names, *.suffix, CIDR, ports, first match wins; IP
 
 Deno.test("destination rules end to end: 403 naming the rule, CIDR on a resolved name (localhost), CONNECT too", async () => {
   await using origin = startOrigin(echoTarget);
-  await using proxy = startTestProxy({ hostRules: ["deny 127.0.0.0/8:" + origin.port, "deny *.blocked.test"] });
+  await using proxy = startTestProxy({ hostRules: ["deny *.blocked.test", "deny 127.0.0.0/8:" + origin.port] });
   const res = await proxy.roundTrip(get(`http://localhost:${origin.port}/`));
   assert.equal(res.status, 403);
   assert.match(text(res.body), /rule "deny 127\.0\.0\.0\/8:\d+"/);
@@ -314,4 +319,80 @@ Deno.test("client allow-list: others are closed without an answer", async () => 
   assert.equal(res.raw, "");
   await using allowed = startTestProxy({ allowClient: ["127.0.0.1/32", "::1"] });
   assert.equal((await allowed.roundTrip("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")).status, 200);
+});
+
+Deno.test("review: numeric IPv4 forms are the address they name; allow * never opens private addresses", () => {
+  const policy = (rules: string[], blockPrivate = false): DestinationPolicy => ({
+    rules: rules.map(parseHostRule),
+    blockPrivate,
+    defaultAllow: true,
+  });
+  const p = policy(["deny 127.0.0.0/8", "allow *"]);
+  for (const host of ["127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "0x7f000001", "[::ffff:127.0.0.1]"]) {
+    assert.equal(destinationVerdict(p, host, 80, null).allowed, false, host);
+  }
+  assert.equal(destinationVerdict(p, "1.2.3.4", 80, null).allowed, true);
+  const open = policy(["deny *.ads.test", "allow *", "allow localhost"], true);
+  assert.equal(destinationVerdict(open, "localhost", 80, parseIp("127.0.0.1")).why, "private address");
+  assert.equal(destinationVerdict(open, "2130706433", 80, null).why, "private address");
+  assert.equal(
+    destinationVerdict(policy(["allow 127.0.0.0/8"], true), "x.test", 80, parseIp("127.0.0.1")).allowed,
+    true,
+  );
+  // A name rule that decides before any IP rule saves the lookup (a denied name is never looked up).
+  assert.equal(
+    verdictBeforeLookup(policy(["deny *.blocked.test", "deny 10.0.0.0/8"]), "www.blocked.test", 80)?.allowed,
+    false,
+  );
+  assert.equal(verdictBeforeLookup(policy(["deny 10.0.0.0/8", "deny *.blocked.test"]), "www.blocked.test", 80), null);
+});
+
+Deno.test("review: rules hold through a parent and on pooled connections; a reload's new deny applies at once", async () => {
+  await using origin = startOrigin(echoTarget);
+  await using parent = startTestProxy();
+  await using child = startTestProxy({
+    upstreamProxy: `http://127.0.0.1:${parent.port}`,
+    hostRules: ["allow 127.0.0.1:" + origin.port],
+    hostDefault: "deny",
+  });
+  assert.equal((await child.roundTrip(get(origin.url("/ok")))).status, 200);
+  // The pooled connection is the parent's: the next request is still checked by its own destination.
+  assert.equal((await child.roundTrip(get(`http://localhost:${origin.port}/no`))).status, 403);
+  // 2130706433 is 127.0.0.1 (allowed); 2130706434 is 127.0.0.2 (the default: deny).
+  assert.equal((await child.roundTrip(get(`http://2130706434:${origin.port}/no`))).status, 403);
+  await using direct = startTestProxy();
+  assert.equal((await direct.roundTrip(get(origin.url("/a")))).status, 200);
+  direct.handle.reconfigure({ hostRules: ["deny 127.0.0.1"] });
+  assert.equal(
+    (await direct.roundTrip(get(origin.url("/b")))).status,
+    403,
+    "a pooled connection to a now-denied address",
+  );
+});
+
+Deno.test("review: the admin pages cannot be reached through the proxy itself; a CONNECT loop through parents is caught", async () => {
+  await using proxy = startTestProxy({ adminAllow: ["127.0.0.2"] });
+  assert.equal((await proxy.roundTrip("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")).status, 403);
+  const looped = await proxy.roundTrip(get(`http://127.0.0.1:${proxy.port}/metrics`));
+  assert.notEqual(looped.status, 200);
+  // A proxy that is its own parent: the CONNECT it sends carries its Via tag, so the second hop is a 508.
+  const port = proxy.port;
+  await using self = startTestProxy({ connectPorts: "*", instanceId: "selfloop" });
+  self.handle.reconfigure({ upstreamProxy: `http://127.0.0.1:${self.port}`, connectPorts: "*" });
+  const res = await self.roundTrip(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`, "CONNECT");
+  assert.equal(res.status, 508);
+});
+
+Deno.test("review: our credentials for the parent are not visible to hooks; a 407 has its reason phrase", async () => {
+  await using origin = startOrigin(echoTarget);
+  await using parent = startTestProxy({ auth: ["c:pw"] });
+  const seen: (string | null)[] = [];
+  await using child = startTestProxy({
+    upstreamProxy: `http://c:pw@127.0.0.1:${parent.port}`,
+    hooks: { onResponse: (_res, req) => void seen.push(req.headers.get("proxy-authorization")) },
+  });
+  assert.equal((await child.roundTrip(get(origin.url("/")))).status, 200);
+  assert.deepEqual(seen, [null]);
+  const raw = await send(parent.port, get(origin.url("/")));
+  assert.match(raw.raw, /^HTTP\/1\.1 407 Proxy Authentication Required\r\n/);
 });
