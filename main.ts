@@ -208,9 +208,11 @@ async function main(args: string[]): Promise<void> {
   // SIGHUP: the --config file is read again and applied to new connections and exchanges (an invalid
   // one is reported and the running options stay); the log file is reopened (log rotation).
   Deno.addSignalListener("SIGHUP", () => {
-    if (cli.config !== null) {
+    // With --config the file is read again; with --auth-file alone the users are.
+    const reloading = cli.config !== null || settings["auth-file"] !== undefined;
+    if (reloading) {
       try {
-        const next: Settings = { ...readConfig(cli.config), ...cli.settings };
+        const next: Settings = { ...(cli.config === null ? {} : readConfig(cli.config)), ...cli.settings };
         const fixed = restartNeeded(settings, next);
         for (const name of fixed) next[name] = settings[name] as Settings[string];
         const fresh = { ...proxyOptionsWithFiles(next), logger: options.logger, instanceId };
@@ -229,10 +231,9 @@ async function main(args: string[]): Promise<void> {
         } else if ((access === null) !== (nextLog === null)) fixed.push("log-format (none)");
         settings = next;
         graceMs = (next.grace as number | undefined) ?? DEFAULT_GRACE_MS;
+        const what = [cli.config, next["auth-file"]].filter((x) => x !== null && x !== undefined).join(" and ");
         console.error(
-          `waypost: reloaded ${cli.config}${
-            fixed.length > 0 ? `; needs a restart to change: ${fixed.join(", ")}` : ""
-          }`,
+          `waypost: reloaded ${what}${fixed.length > 0 ? `; needs a restart to change: ${fixed.join(", ")}` : ""}`,
         );
       } catch (error) {
         console.error(
@@ -244,8 +245,8 @@ async function main(args: string[]): Promise<void> {
     if (access !== null && logConfig !== null && logConfig.file !== null) {
       const problem = reopenAccessLog(access, logConfig);
       if (problem !== null) console.error(`waypost: ${problem}`);
-    } else if (cli.config === null) {
-      console.error("waypost: SIGHUP ignored: no --config file to reload and no --log-file to reopen");
+    } else if (!reloading) {
+      console.error("waypost: SIGHUP ignored: no --config or --auth-file to reload and no --log-file to reopen");
     }
   });
   // The listening line comes last: whoever waits for it may signal at once, and the handlers are in place.

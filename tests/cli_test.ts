@@ -237,3 +237,27 @@ Deno.test("CLI: http_proxy in the proxy's own environment is not used (no loop t
     assert.equal((await cli.stop()).code, 0);
   }
 });
+
+Deno.test("CLI --auth-file: users from the file; SIGHUP re-reads it (no --config needed)", async () => {
+  await using origin = startOrigin(echoTarget);
+  const dir = await Deno.makeTempDir();
+  const users = `${dir}/users`;
+  await Deno.writeTextFile(users, "# team\nalice:one\n");
+  const cli = await startCli(["--port", "0", "--log-format", "none", "--auth-file", users]);
+  const as = (user: string) => get(origin.url("/"), [`Proxy-Authorization: Basic ${btoa(user)}`, "Connection: close"]);
+  try {
+    assert.equal((await cli.fetch(as("alice:one"))).status, 200);
+    assert.equal((await cli.fetch(as("bob:two"))).status, 407);
+    await Deno.writeTextFile(users, "bob:two\n");
+    cli.hup();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal((await cli.fetch(as("bob:two"))).status, 200);
+    assert.equal((await cli.fetch(as("alice:one"))).status, 407);
+  } finally {
+    const { code, err } = await cli.stop();
+    await Deno.remove(dir, { recursive: true });
+    assert.equal(code, 0);
+    assert.match(err, /reloaded .*users/);
+    assert.ok(!err.includes("one") && !err.includes("two"), "a password was printed");
+  }
+});
