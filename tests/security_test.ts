@@ -396,3 +396,43 @@ Deno.test("review: our credentials for the parent are not visible to hooks; a 40
   const raw = await send(parent.port, get(origin.url("/")));
   assert.match(raw.raw, /^HTTP\/1\.1 407 Proxy Authentication Required\r\n/);
 });
+
+Deno.test("least privilege: a destination outside --allow-net=<hosts> is a 403 from Deno's permissions, not a crash", async () => {
+  await using origin = startOrigin(echoTarget);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      new URL("../main.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+      "--log-format",
+      "none",
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const reader = child.stdout.getReader();
+    let line = "";
+    while (!line.includes("\n")) {
+      const r = await reader.read();
+      if (r.done) break;
+      line += new TextDecoder().decode(r.value);
+    }
+    reader.releaseLock();
+    const port = Number(/:(\d+)/.exec(line)?.[1]);
+    const allowed = await send(port, get(origin.url("/in"), ["Connection: close"]));
+    assert.equal(allowed.status, 200);
+    const refused = await send(port, get(`http://localhost:${origin.port}/out`, ["Connection: close"]));
+    assert.equal(refused.status, 403);
+    assert.match(refused.raw, /not permitted/);
+    assert.equal((await send(port, get(origin.url("/again"), ["Connection: close"]))).status, 200, "still serving");
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await child.stdout.cancel().catch(() => {});
+    await child.stderr.cancel().catch(() => {});
+  }
+});

@@ -115,3 +115,58 @@ Deno.test("--workers without read access to lib/ is a usage error naming the exa
   assert.match(err, /deno run --allow-net --allow-read=\S+\/lib\/ --unstable-net \S+main\.ts --workers 2/);
   assert.ok(!err.includes("a worker failed"), "it failed in a worker instead of before starting");
 });
+
+Deno.test("a remote run (main.ts by URL) starts --workers without any read permission", async () => {
+  // Serve this checkout over HTTP on loopback, as a remote main.ts would be served.
+  const root = new URL("../", import.meta.url);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path.includes("..")) return new Response("no", { status: 400 });
+    try {
+      const body = await Deno.readFile(new URL(`.${path}`, root));
+      const type = path.endsWith(".json") ? "application/json" : "application/typescript";
+      return new Response(body, { headers: { "content-type": type } });
+    } catch {
+      return new Response("not found", { status: 404 });
+    }
+  });
+  const at = `127.0.0.1:${server.addr.port}`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      `--allow-import=${at}`,
+      "--unstable-net",
+      "--no-lock",
+      "--reload",
+      `http://${at}/main.ts`,
+      "--port",
+      "0",
+      "--workers",
+      "2",
+      "--log-format",
+      "none",
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const reader = child.stdout.getReader();
+    let line = "";
+    const deadline = Date.now() + 60_000;
+    while (!line.includes("\n") && Date.now() < deadline) {
+      const r = await reader.read();
+      if (r.done) break;
+      line += new TextDecoder().decode(r.value);
+    }
+    reader.releaseLock();
+    assert.match(line, /listening on http:\/\/127\.0\.0\.1:\d+ \(2 workers\)/);
+  } finally {
+    child.kill("SIGTERM");
+    const [status, err] = await Promise.all([child.status, new Response(child.stderr).text()]);
+    await child.stdout.cancel().catch(() => {});
+    await server.shutdown();
+    assert.equal(status.code, 0, err);
+  }
+});
