@@ -9,6 +9,7 @@
  *   deno run --v8-flags=--trace-gc bench/exchange_bench.ts 200000   # allocation per request
  *   deno run bench/exchange_bench.ts 200000 "headers touched"        # one hook variant
  */
+import { FailureDelay } from "../lib/auth.ts";
 import { DEFAULT_CHUNKED_LIMITS } from "../lib/chunked.ts";
 import { type ClientSide, type ExchangeContext, handleRequest } from "../lib/forward.ts";
 import { DEFAULT_HEAD_LIMITS, HeadParser } from "../lib/head.ts";
@@ -110,6 +111,12 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
     tickMs: 1000,
     hookTimeoutMs: 30_000,
     pages: { metrics: null, recent: null, adminAllow: [], draining: false, name: "waypost", version: "bench" },
+    credentials: null,
+    authFailures: new FailureDelay(),
+    authChallenge: "",
+    destinations: { rules: [], blockPrivate: false, defaultAllow: true },
+    parent: null,
+    noProxy: [],
   };
   // The origin answers every request it is sent.
   const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));
@@ -120,6 +127,7 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
   const client: ClientSide = {
     conn: clientConn,
     client: null,
+    local: null,
     reader: new ConnReader(clientConn, 65536),
     out: clientConn,
     written: 0,

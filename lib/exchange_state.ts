@@ -74,6 +74,8 @@ export interface ClientSide extends HookWatch {
   readonly conn: Deno.TcpConn;
   /** The client's address when it is not the socket's (a PROXY protocol header), or once asked for; else null. */
   readonly client: { hostname: string; port: number } | null;
+  /** The address the client reached when a PROXY header said (the balancer's front), else null. */
+  readonly local: { hostname: string; port: number } | null;
   readonly reader: ConnReader;
   /** Writes to the client (a `CountingWriter` when exchange records are made). */
   readonly out: Writable;

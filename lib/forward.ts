@@ -129,7 +129,7 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
       target: head.target,
       host: firstValue(fields, "host"),
       client: (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname,
-      local: client.conn.localAddr as Deno.NetAddr,
+      local: client.local ?? client.conn.localAddr as Deno.NetAddr,
     }, ctx.pages);
     return answerLocally(ctx, client, head, page, persistent && !hasBody, null);
   }

@@ -149,7 +149,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       introducing.delete(conn);
       if (ctx.stopping) return closeQuietly(conn);
       // LOCAL (the balancer's own health check) and UNKNOWN carry no client: the socket's address stands.
-      admit(conn, header.source, rest);
+      admit(conn, header.source, rest, header.destination);
     }, (error) => {
       introducing.delete(conn);
       logger.log("info", "proxy-protocol-failed", {
@@ -164,6 +164,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     conn: Deno.TcpConn,
     client: { hostname: string; port: number } | null,
     early: Uint8Array | null,
+    reached: { hostname: string; port: number } | null = null,
   ): void {
     const address = client?.hostname ?? (conn.remoteAddr as Deno.NetAddr).hostname;
     if (ctx.allowClient.length > 0 && matchCidr(ctx.allowClient, address) === null) {
@@ -192,6 +193,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     metrics?.connectionOpened();
     const session = newSession(host, conn);
     if (client !== null) session.client = Object.freeze({ hostname: client.hostname, port: client.port });
+    if (reached !== null) session.local = Object.freeze({ hostname: reached.hostname, port: reached.port });
     if (early !== null) session.reader.preload(early);
     sessions.add(session);
     session.done = runSession(session, address);

@@ -41,6 +41,8 @@ export interface Session extends ClientSide, Swept {
   readonly id: number;
   /** The client's address (made when a hook or record first needs it). */
   client: { hostname: string; port: number } | null;
+  /** The address the client reached, when a PROXY header said (the balancer's front); else null. */
+  local: { hostname: string; port: number } | null;
   /** Aborted when the connection ends or the proxy stops (made when a hook first reads `ctx.signal`). */
   hookAbort: AbortController | null;
   /** Set when the connection has ended (a signal made after that is aborted from the start). */
@@ -80,6 +82,7 @@ class SessionState implements Session {
   hookWaiting: (() => void) | undefined = undefined;
   readonly id: number;
   client: { hostname: string; port: number } | null = null;
+  local: { hostname: string; port: number } | null = null;
   hookAbort: AbortController | null = null;
   ended = false;
   lingerOnClose = false;

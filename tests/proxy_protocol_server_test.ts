@@ -107,3 +107,13 @@ Deno.test("PROXY protocol: per-client limits count the announced clients", async
 Deno.test("proxyProtocol without trustedProxies is refused at start", () => {
   assert.throws(() => startProxy({ port: 0, proxyProtocol: true }), /trustedProxies/);
 });
+
+Deno.test("PROXY protocol: /proxy.pac without a Host names the address the client reached (the balancer's front)", async () => {
+  await using proxy = startTestProxy({ proxyProtocol: true, trustedProxies: ["127.0.0.1"] });
+  const reply = await exchange(
+    proxy.port,
+    enc.encode("PROXY TCP4 192.0.2.7 198.51.100.1 40001 3128\r\nGET /proxy.pac HTTP/1.0\r\n\r\n"),
+  );
+  assert.match(reply, /^HTTP\/1\.1 200 /);
+  assert.match(reply, /"PROXY 198\.51\.100\.1:3128"/);
+});
