@@ -360,6 +360,15 @@ export const OPTIONS: readonly OptionEntry[] = Object.freeze(
       help: "no complete PROXY header within this long closes the connection",
     },
     {
+      name: "admin-port",
+      type: "port",
+      option: "adminPort",
+      arg: "PORT",
+      shown: "none",
+      restart: true,
+      help: "a second port serving only the proxy's own pages, without the PROXY protocol (probes)",
+    },
+    {
       name: "no-metrics",
       type: "boolean",
       shown: "off",

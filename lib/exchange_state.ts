@@ -57,6 +57,8 @@ export interface ExchangeContext {
   readonly parent: ParentProxy | null;
   /** Destinations that skip the parent. */
   readonly noProxy: readonly NoProxyRule[];
+  /** True on the admin port: only the proxy's own pages are served. */
+  readonly adminOnly?: boolean;
 }
 
 /** The hook state of one exchange. */

@@ -13,6 +13,7 @@
 import { coarseNow, deadlineIn } from "./clock.ts";
 import {
   describe,
+  ForbiddenError,
   PrematureEofError,
   ProxyAuthError,
   ProxyError,
@@ -117,6 +118,12 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
   const persistent = isPersistent(head.minor, tokens, ctx.stopping);
   const hasBody = framing.kind === "chunked" || (framing.kind === "length" && framing.length > 0);
 
+  if (ctx.adminOnly && head.target.charCodeAt(0) !== 0x2f) {
+    throw new ForbiddenError(
+      "This port serves the proxy's own pages only (/metrics, /healthz, ...)",
+      "admin-port-only",
+    );
+  }
   // Stage: authentication, for everything but the proxy's own pages.
   if (ctx.credentials !== null && head.target.charCodeAt(0) !== 0x2f) authenticate(ctx, client, fields);
   if (head.method === "CONNECT") return connectTunnel(ctx, client, head);

@@ -133,6 +133,12 @@ export interface ProxyOptions {
   upstreamProxy?: string;
   /** Destinations that skip the parent (NO_PROXY conventions: names, `.suffix`, `*`, CIDRs, `:port`) [none]. */
   noProxy?: string;
+  /**
+   * A second port on the same address that serves only the proxy's own pages
+   * (`/healthz`, `/metrics`, `/`, ...), never the PROXY protocol: for probes
+   * that do not come through the load balancer; 0 = none [0].
+   */
+  adminPort?: number;
 }
 
 /** Options with every default filled in. */
@@ -183,6 +189,7 @@ export const DEFAULTS: Readonly<Omit<ResolvedOptions, "signal" | "logger" | "onT
     instanceId: "",
     upstreamProxy: "",
     noProxy: "",
+    adminPort: 0,
   });
 
 /** The longest timer the runtime can set (2^31 - 1 ms, about 24.8 days); longer ones would fire at once. */
@@ -230,6 +237,7 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   for (const key of POSITIVE_OPTIONS) checkInteger(key, out[key], 1, Number.MAX_SAFE_INTEGER, "");
   checkInteger("maxIdlePerOrigin", out.maxIdlePerOrigin, 0, Number.MAX_SAFE_INTEGER, "");
   checkInteger("port", out.port, 0, 65535, "(0 picks a free port)");
+  checkInteger("adminPort", out.adminPort, 0, 65535, "(0: none)");
   if (typeof out.hostname !== "string" || out.hostname === "") {
     throw new TypeError("Invalid option hostname: expected an address such as 127.0.0.1 or ::1");
   }

@@ -40,6 +40,8 @@ export interface ProxyHandle {
   shutdown(graceMs?: number): Promise<void>;
   /** Number of open client connections. */
   readonly connections: number;
+  /** The admin port's address (`adminPort`), or null. */
+  readonly adminAddr: Deno.NetAddr | null;
   /** The proxy's metrics (what `/metrics` serves), or null with `metrics: false`. */
   readonly metrics: Metrics | null;
   /**
@@ -56,6 +58,7 @@ export interface ProxyHandle {
 const RESTART_KEYS = [
   "hostname",
   "port",
+  "adminPort",
   "reusePort",
   "hooks",
   "logger",
@@ -165,9 +168,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     client: { hostname: string; port: number } | null,
     early: Uint8Array | null,
     reached: { hostname: string; port: number } | null = null,
+    h: SessionHost = host,
   ): void {
     const address = client?.hostname ?? (conn.remoteAddr as Deno.NetAddr).hostname;
-    if (ctx.allowClient.length > 0 && matchCidr(ctx.allowClient, address) === null) {
+    if (h === host && ctx.allowClient.length > 0 && matchCidr(ctx.allowClient, address) === null) {
       // Not on the client allow-list: closed without a word (an answer would tell a scanner there is a proxy).
       const port = client?.port ?? (conn.remoteAddr as Deno.NetAddr).port;
       logger.log("warn", "client-denied", { client: `${address}:${port}` });
@@ -191,12 +195,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     }
     perClient.add(address);
     metrics?.connectionOpened();
-    const session = newSession(host, conn);
+    const session = newSession(h, conn);
     if (client !== null) session.client = Object.freeze({ hostname: client.hostname, port: client.port });
     if (reached !== null) session.local = Object.freeze({ hostname: reached.hostname, port: reached.port });
     if (early !== null) session.reader.preload(early);
     sessions.add(session);
-    session.done = runSession(session, address);
+    session.done = runSession(session, address, h);
   }
 
   /**
@@ -204,9 +208,9 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
    * lifetime (a `.catch().finally().then()` chain cost three promises and five
    * closures per idle connection).
    */
-  async function runSession(s: Session, address: string): Promise<void> {
+  async function runSession(s: Session, address: string, h: SessionHost): Promise<void> {
     try {
-      await serveClient(host, s);
+      await serveClient(h, s);
     } catch (error) {
       logger.log("error", "session-crashed", { error: describe(error) });
     } finally {
@@ -225,6 +229,20 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   }
 
   const acceptLoop = acceptConnections(listener, ctx, logger, accept);
+  // The admin port: the proxy's own pages only, without the PROXY protocol (probes from a kubelet or a
+  // monitoring system come straight, not through the balancer). Its sessions read the shared context
+  // through a prototype, so a reload reaches them too.
+  const adminCtx = Object.create(ctx, { adminOnly: { value: true } }) as typeof ctx;
+  const adminHost = Object.create(host, { ctx: { value: adminCtx } }) as SessionHost;
+  const adminListener = opts.adminPort > 0
+    ? Deno.listen({ hostname: opts.hostname, port: opts.adminPort, transport: "tcp" })
+    : null;
+  const adminLoop = adminListener === null
+    ? Promise.resolve()
+    : acceptConnections(adminListener, ctx, logger, (conn) => {
+      conn.setNoDelay(true);
+      admit(conn, null, null, null, adminHost);
+    });
   let stopPromise: Promise<void> | null = null;
   const stopped = Promise.withResolvers<void>();
   const finished = (async () => {
@@ -241,10 +259,12 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       ctx.stopping = true;
       try {
         listener.close();
+        adminListener?.close();
       } catch {
         // Already closed.
       }
       await acceptLoop;
+      await adminLoop;
       for (const conn of introducing) closeQuietly(conn);
       await drainSessions(sessions, graceMs, logger);
       abort.abort();
@@ -313,6 +333,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
 
   return {
     addr: listener.addr as Deno.NetAddr,
+    adminAddr: adminListener === null ? null : adminListener.addr as Deno.NetAddr,
     finished,
     shutdown,
     get connections() {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import type { ExchangeRecord } from "../lib/hooks.ts";
 import { startProxy } from "../lib/server.ts";
-import { echoTarget, get, startOrigin, startTestProxy, text } from "./util.ts";
+import { closedPort, echoTarget, get, startOrigin, startTestProxy, text } from "./util.ts";
 
 const enc = new TextEncoder();
 
@@ -116,4 +116,22 @@ Deno.test("PROXY protocol: /proxy.pac without a Host names the address the clien
   );
   assert.match(reply, /^HTTP\/1\.1 200 /);
   assert.match(reply, /"PROXY 198\.51\.100\.1:3128"/);
+});
+
+Deno.test("adminPort: probes reach /healthz without a PROXY header; nothing is forwarded there", async () => {
+  await using origin = startOrigin(echoTarget);
+  await using proxy = startTestProxy({ proxyProtocol: true, trustedProxies: ["10.0.0.0/8"], adminPort: closedPort() });
+  const admin = proxy.handle.adminAddr!.port;
+  assert.match(
+    await exchange(admin, enc.encode("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")),
+    /^HTTP\/1\.1 200 /,
+  );
+  const forwarded = await exchange(admin, enc.encode(get(origin.url("/"), ["Connection: close"])));
+  assert.match(forwarded, /^HTTP\/1\.1 403 /);
+  assert.match(forwarded, /own pages only/);
+  assert.equal(origin.conns.length, 0);
+  // The main port still wants the header from a trusted balancer.
+  assert.equal(await exchange(proxy.port, enc.encode("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")), "");
+  await proxy.handle.shutdown(100);
+  await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: admin }), "the admin port closes with the proxy");
 });
