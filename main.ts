@@ -188,7 +188,7 @@ async function main(args: string[]): Promise<void> {
   const { hostname, port: bound } = proxy.addr;
   const threads = await startWorkers(
     workers - 1,
-    { ...options, logger: undefined, hooks: undefined, port: bound },
+    { ...options, logger: undefined, hooks: undefined, port: bound, adminPort: 0 },
     level,
     hooksModule,
     logConfig,
@@ -220,7 +220,8 @@ async function main(args: string[]): Promise<void> {
         delete fresh.port;
         proxy.reconfigure(fresh);
         for (const worker of threads) {
-          worker.postMessage({ type: "reconfigure", options: { ...fresh, logger: undefined } });
+          // The admin port is the main thread's alone.
+          worker.postMessage({ type: "reconfigure", options: { ...fresh, logger: undefined, adminPort: 0 } });
         }
         const nextLog = logConfigFrom(next);
         if (access !== null && nextLog !== null && logConfig !== null) {

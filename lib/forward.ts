@@ -137,6 +137,7 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
       host: firstValue(fields, "host"),
       client: (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname,
       local: client.local ?? client.conn.localAddr as Deno.NetAddr,
+      adminPort: ctx.adminOnly === true,
     }, ctx.pages);
     return answerLocally(ctx, client, head, page, persistent && !hasBody, null);
   }
@@ -483,7 +484,9 @@ async function exchange(
 ): Promise<boolean | typeof RETRY> {
   const { persistent, canRetry } = plan;
   try {
-    if (ctx.options.timingHeader) client.draft.sentMs = performance.now() - client.draft.startedAt;
+    if (client.draft.timed && ctx.options.timingHeader) {
+      client.draft.sentMs = performance.now() - client.draft.startedAt;
+    }
     await writeAll(up.conn, plan.requestHead);
   } catch (error) {
     closeQuietly(up.conn);

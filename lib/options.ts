@@ -238,6 +238,9 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   checkInteger("maxIdlePerOrigin", out.maxIdlePerOrigin, 0, Number.MAX_SAFE_INTEGER, "");
   checkInteger("port", out.port, 0, 65535, "(0 picks a free port)");
   checkInteger("adminPort", out.adminPort, 0, 65535, "(0: none)");
+  if (out.adminPort !== 0 && out.adminPort === out.port) {
+    throw new TypeError("Invalid option adminPort: it must differ from port");
+  }
   if (typeof out.hostname !== "string" || out.hostname === "") {
     throw new TypeError("Invalid option hostname: expected an address such as 127.0.0.1 or ::1");
   }

@@ -47,6 +47,8 @@ export interface PageRequest {
   readonly client: string;
   /** The address and port the connection reached (the proxy's side of it). */
   readonly local: { hostname: string; port: number };
+  /** True on the admin port: only the admin pages are there (the PAC file would name the wrong port). */
+  readonly adminPort?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -55,7 +57,8 @@ const encoder = new TextEncoder();
 export function pageAnswer(req: PageRequest, state: PageState): Answer {
   const q = req.target.indexOf("?");
   const path = q === -1 ? req.target : req.target.slice(0, q);
-  const page = PAGES[path];
+  const found = PAGES[path];
+  const page = req.adminPort && found !== undefined && !found.admin ? undefined : found;
   if (page === undefined) {
     const body = `No page ${visible(path)} on this proxy. Send requests in absolute form (http://host/path).\n`;
     return refusal(state, text(404, body), "http_request_error");

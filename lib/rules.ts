@@ -139,8 +139,8 @@ function inetAton(text: string): IpBytes | null {
   if (parts.length > 4 || parts.some((p) => p === "")) return null;
   const values: number[] = [];
   for (const p of parts) {
-    const v = /^0x[0-9a-f]*$/i.test(p)
-      ? parseInt(p.slice(2) || "0", 16)
+    const v = /^0x[0-9a-f]+$/i.test(p)
+      ? parseInt(p.slice(2), 16)
       : /^0[0-7]*$/.test(p)
       ? parseInt(p, 8)
       : /^[1-9][0-9]*$/.test(p)
@@ -194,19 +194,33 @@ export function destinationVerdict(
 }
 
 /**
- * The verdict a name gets before its addresses are known, when that is
- * already certain: the first rule that could match is a name rule that does
- * (a deny; or an allow, unless the private block still has to see the
- * addresses). Null when only the addresses can tell (no lookup is saved).
+ * The verdict a name gets before its addresses are known, when no address
+ * could change it: then the name is never looked up (a refused name causes no
+ * DNS query, and 403 tells nothing about whether it exists). Null when only
+ * the addresses can tell.
  */
 export function verdictBeforeLookup(p: DestinationPolicy, host: string, port: number): Verdict | null {
   const name = host.toLowerCase().replace(/\.$/, "");
+  let ipAllowBefore = false;
+  let ipDenyBefore = false;
   for (const rule of p.rules) {
-    if (rule.kind === "cidr") return null; // an earlier IP rule could match first
+    if (rule.port !== 0 && rule.port !== port) continue;
+    if (rule.kind === "cidr") {
+      if (rule.action === "allow") ipAllowBefore = true;
+      else ipDenyBefore = true;
+      continue;
+    }
     if (!matches(rule, name, port, null)) continue;
-    if (rule.action === "deny") return { allowed: false, why: rule.text, type: "http_request_denied" };
-    return p.blockPrivate ? null : { allowed: true, why: rule.text, type: "http_request_denied" };
+    if (rule.action === "deny") {
+      // Only an earlier IP allow matching the address could come first.
+      return ipAllowBefore ? null : { allowed: false, why: rule.text, type: "http_request_denied" };
+    }
+    // An allow by name: an earlier IP deny, or the private block, still needs the address.
+    return ipDenyBefore || p.blockPrivate ? null : { allowed: true, why: rule.text, type: "http_request_denied" };
   }
+  // No name rule matched: the IP rules and the default decide.
+  if (!p.defaultAllow && !ipAllowBefore) return { allowed: false, why: "default", type: "http_request_denied" };
+  if (p.defaultAllow && !ipDenyBefore && !p.blockPrivate) return ALLOWED;
   return null;
 }
 

@@ -104,6 +104,16 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   const listener = opts.reusePort
     ? Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp", reusePort: true })
     : Deno.listen({ hostname: opts.hostname, port: opts.port, transport: "tcp" });
+  // The admin port is opened before anything starts: if it cannot be, the main listener is closed again.
+  let adminListener: Deno.TcpListener | null = null;
+  try {
+    adminListener = opts.adminPort > 0
+      ? Deno.listen({ hostname: opts.hostname, port: opts.adminPort, transport: "tcp" })
+      : null;
+  } catch (error) {
+    listener.close();
+    throw error;
+  }
   const abort = new AbortController();
   const pages = {
     metrics,
@@ -232,11 +242,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   // The admin port: the proxy's own pages only, without the PROXY protocol (probes from a kubelet or a
   // monitoring system come straight, not through the balancer). Its sessions read the shared context
   // through a prototype, so a reload reaches them too.
-  const adminCtx = Object.create(ctx, { adminOnly: { value: true } }) as typeof ctx;
+  const adminCtx = Object.create(ctx, {
+    adminOnly: { value: true },
+  }) as typeof ctx;
   const adminHost = Object.create(host, { ctx: { value: adminCtx } }) as SessionHost;
-  const adminListener = opts.adminPort > 0
-    ? Deno.listen({ hostname: opts.hostname, port: opts.adminPort, transport: "tcp" })
-    : null;
   const adminLoop = adminListener === null
     ? Promise.resolve()
     : acceptConnections(adminListener, ctx, logger, (conn) => {

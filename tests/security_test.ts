@@ -20,6 +20,7 @@ import {
 import { startProxy } from "../lib/server.ts";
 import { silentLogger } from "../lib/log.ts";
 import {
+  closedPort,
   echoTarget,
   fieldValue,
   get,
@@ -344,7 +345,7 @@ Deno.test("review: numeric IPv4 forms are the address they name; allow * never o
     verdictBeforeLookup(policy(["deny *.blocked.test", "deny 10.0.0.0/8"]), "www.blocked.test", 80)?.allowed,
     false,
   );
-  assert.equal(verdictBeforeLookup(policy(["deny 10.0.0.0/8", "deny *.blocked.test"]), "www.blocked.test", 80), null);
+  assert.equal(verdictBeforeLookup(policy(["allow 10.0.0.0/8", "deny *.blocked.test"]), "www.blocked.test", 80), null);
 });
 
 Deno.test("review: rules hold through a parent and on pooled connections; a reload's new deny applies at once", async () => {
@@ -435,4 +436,48 @@ Deno.test("least privilege: a destination outside --allow-net=<hosts> is a 403 f
     await child.stdout.cancel().catch(() => {});
     await child.stderr.cancel().catch(() => {});
   }
+});
+
+Deno.test("review: a name no address could change the verdict for is never looked up", async () => {
+  const { checkDestination } = await import("../lib/destination.ts");
+  const policy = (rules: string[], defaultAllow: boolean, blockPrivate: boolean): DestinationPolicy => ({
+    rules: rules.map(parseHostRule),
+    blockPrivate,
+    defaultAllow,
+  });
+  // The README's locked-down team proxy: an unknown name falls to the default deny whatever it resolves to.
+  const team = policy(["deny *.internal.example", "allow *.example.com", "allow *.npmjs.org"], false, true);
+  assert.equal(verdictBeforeLookup(team, "anything.else.test", 443)?.why, "default");
+  assert.throws(() => checkDestination(team, "anything.else.test", 443), /no rule allows it/);
+  // IP deny rules before a name deny cannot open it.
+  const denyFirst = policy(["deny 10.0.0.0/8", "deny localhost"], true, false);
+  assert.equal(verdictBeforeLookup(denyFirst, "localhost", 80)?.why, "deny localhost");
+  // An IP rule for another port cannot match.
+  assert.equal(
+    verdictBeforeLookup(policy(["allow 10.0.0.0/8:443", "deny *"], true, false), "a.test", 80)?.why,
+    "deny *",
+  );
+  // Still looked up when an address can matter: an earlier IP allow, or the private block on an allowed name.
+  assert.equal(verdictBeforeLookup(policy(["allow 10.0.0.0/8", "deny *"], true, false), "a.test", 80), null);
+  assert.equal(verdictBeforeLookup(policy(["allow *.example.com"], false, true), "www.example.com", 80), null);
+  assert.equal(verdictBeforeLookup(policy([], true, false), "a.test", 80)?.allowed, true);
+  // 0x without digits is not a number (glibc's inet_aton refuses it too).
+  assert.equal(destinationVerdict(policy(["deny 0.0.0.0/8"], true, false), "0x", 80, null).allowed, true);
+});
+
+Deno.test("review: the admin port opens first or not at all, differs from the port, and serves no PAC file", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = closedPort();
+  try {
+    assert.throws(() => startProxy({ port, adminPort: (taken.addr as Deno.NetAddr).port, logger: silentLogger }));
+    // The main port was released again.
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+  } finally {
+    taken.close();
+  }
+  assert.throws(() => startProxy({ port: 3999, adminPort: 3999, logger: silentLogger }), /adminPort: it must differ/);
+  await using proxy = startTestProxy({ adminPort: closedPort() });
+  const admin = proxy.handle.adminAddr!.port;
+  assert.equal((await send(admin, "GET /proxy.pac HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).status, 404);
+  assert.equal((await send(admin, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).status, 200);
 });

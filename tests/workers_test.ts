@@ -44,6 +44,9 @@ async function get(proxyPort: number, originPort: number, path: string): Promise
 }
 
 Deno.test("--workers 2: every request is served through the shared port, SIGTERM stops all threads", async () => {
+  const spare = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const adminPort = (spare.addr as Deno.NetAddr).port;
+  spare.close();
   const origin = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     (req) => new Response(`ok ${new URL(req.url).pathname}`),
@@ -61,6 +64,8 @@ Deno.test("--workers 2: every request is served through the shared port, SIGTERM
       "2",
       "--log-level",
       "warn",
+      "--admin-port",
+      String(adminPort),
     ],
     stdout: "piped",
     stderr: "inherit",
@@ -68,6 +73,10 @@ Deno.test("--workers 2: every request is served through the shared port, SIGTERM
   try {
     const line = await readLine(child.stdout);
     assert.match(line, /listening on http:\/\/127\.0\.0\.1:\d+ \(2 workers\)/);
+    // The admin port is the main thread's alone (threads sharing it would not start).
+    const health = await Deno.connect({ hostname: "127.0.0.1", port: adminPort });
+    await health.write(new TextEncoder().encode("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+    assert.match(await new Response(health.readable).text(), /^HTTP\/1\.1 200 /);
     const port = Number(/:(\d+) /.exec(line)![1]);
     const answers = await Promise.all(
       Array.from({ length: 40 }, (_, i) => get(port, origin.addr.port, `/w${i}`)),
