@@ -653,7 +653,8 @@ Options (each is also a key of the --config file, by the same name):
 ${lines.join("\n")}
 
 Durations: 500ms, 10s, 2m, 1h (a bare number means seconds); 0 turns a timeout off.
-SIGHUP re-reads --config (options marked "restart" in the README keep their value) and reopens --log-file.`;
+SIGHUP re-reads --config and --auth-file (options marked "restart" in the README keep their value) and reopens
+--log-file.`;
 }
 
 /** The README's flag table (a test keeps the README equal to it). */
