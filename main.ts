@@ -20,6 +20,7 @@ import {
   UsageError,
 } from "./lib/cli.ts";
 import { VERSION } from "./lib/version.ts";
+import type { MetricsSnapshot } from "./lib/metrics.ts";
 import { parseAuthFile } from "./lib/auth.ts";
 import type { ProxyHooks } from "./lib/hooks.ts";
 import { startProxy } from "./lib/server.ts";
@@ -192,6 +193,7 @@ async function main(args: string[]): Promise<void> {
     level,
     hooksModule,
     logConfig,
+    (thread, snapshot) => proxy.metrics?.setRemote(thread, snapshot),
   );
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
 
@@ -261,8 +263,9 @@ function startWorkers(
   logLevel: LogLevel,
   hooksModule: string | undefined,
   accessLog: AccessLogConfig | null,
+  onMetrics: (thread: number, snapshot: MetricsSnapshot) => void,
 ): Promise<Worker[]> {
-  const started = Array.from({ length: count }, () =>
+  const started = Array.from({ length: count }, (_, index) =>
     new Promise<Worker>((resolve) => {
       const worker = new Worker(import.meta.resolve("./lib/worker.ts"), { type: "module" });
       worker.onerror = (event) => {
@@ -271,7 +274,8 @@ function startWorkers(
         Deno.exit(1);
       };
       worker.onmessage = (event) => {
-        if (event.data?.type === "listening") resolve(worker);
+        if (event.data?.type === "metrics") onMetrics(index + 1, event.data.snapshot);
+        else if (event.data?.type === "listening") resolve(worker);
         else if (event.data?.type === "error") {
           console.error(`waypost: a worker cannot listen: ${event.data.message}`);
           Deno.exit(1);

@@ -179,15 +179,56 @@ class Histogram {
     this.#count++;
   }
 
-  render(out: string[], name: string, help: string): void {
+  /** The counts so far (a copy). */
+  snapshot(): HistogramSnapshot {
+    return { counts: Array.from(this.#counts), sumMs: this.#sumMs, count: this.#count };
+  }
+
+  /** Renders these counts plus `others` (snapshots of the same histogram in other threads). */
+  render(out: string[], name: string, help: string, others: readonly HistogramSnapshot[] = []): void {
     header(out, name, "histogram", help);
     let cumulative = 0;
+    let sumMs = this.#sumMs;
+    let count = this.#count;
+    for (const o of others) {
+      sumMs += o.sumMs;
+      count += o.count;
+    }
     for (let i = 0; i < this.#counts.length; i++) {
       cumulative += this.#counts[i];
+      for (const o of others) cumulative += o.counts[i] ?? 0;
       out.push(`${name}_bucket{le="${this.#les[i]}"} ${formatNumber(cumulative)}`);
     }
-    out.push(`${name}_sum ${formatNumber(this.#sumMs / 1000)}`, `${name}_count ${formatNumber(this.#count)}`);
+    out.push(`${name}_sum ${formatNumber(sumMs / 1000)}`, `${name}_count ${formatNumber(count)}`);
   }
+}
+
+/** A histogram's counts, as one thread sends them to another. */
+export interface HistogramSnapshot {
+  counts: number[];
+  sumMs: number;
+  count: number;
+}
+
+/**
+ * One thread's counters (`--workers`): the main thread adds the latest
+ * snapshot of every other thread to its own when it renders, so a scrape of
+ * the admin port sees the whole process. Plain data (structured-clone safe).
+ */
+export interface MetricsSnapshot {
+  requests: number[];
+  bytesReceived: number;
+  bytesSent: number;
+  upstreamConnects: number;
+  upstreamReuses: number;
+  errors: Record<string, number>;
+  duration: HistogramSnapshot;
+  firstByte: HistogramSnapshot;
+  tunnelDuration: HistogramSnapshot;
+  tunnelEnds: number[];
+  refused: number[];
+  connections: number;
+  tunnels: number;
 }
 
 // ---- The registry ----
@@ -269,6 +310,8 @@ export class Metrics {
   #connections = 0;
   #tunnels = 0;
   readonly #collectors: Collector[] = [];
+  /** The latest snapshot of each other thread (`--workers`), by thread number. */
+  readonly #remotes = new Map<number, MetricsSnapshot>();
 
   /** A registry for this build (`waypost_build_info` labels). */
   constructor(info: { version: string; deno: string }) {
@@ -328,7 +371,7 @@ export class Metrics {
     for (const n of this.#requests) requests += n;
     let errors = 0;
     for (const n of this.#errors) errors += n;
-    return {
+    const out = {
       requests,
       errors,
       connections: this.#connections,
@@ -336,6 +379,43 @@ export class Metrics {
       bytesReceived: this.#bytesReceived,
       bytesSent: this.#bytesSent,
     };
+    for (const r of this.#remotes.values()) {
+      for (const n of r.requests) out.requests += n;
+      for (const n of Object.values(r.errors)) out.errors += n;
+      out.connections += r.connections;
+      out.tunnels += r.tunnels;
+      out.bytesReceived += r.bytesReceived;
+      out.bytesSent += r.bytesSent;
+    }
+    return out;
+  }
+
+  /** This thread's counters, to send to the thread that renders for the whole process. */
+  snapshot(): MetricsSnapshot {
+    const errors: Record<string, number> = {};
+    this.#errorCodes.forEach((code, i) => errors[code] = this.#errors[i]);
+    if (this.#errors[MAX_ERROR_CODES] > 0) errors.other = this.#errors[MAX_ERROR_CODES];
+    return {
+      requests: Array.from(this.#requests),
+      bytesReceived: this.#bytesReceived,
+      bytesSent: this.#bytesSent,
+      upstreamConnects: this.#upstreamConnects,
+      upstreamReuses: this.#upstreamReuses,
+      errors,
+      duration: this.#duration.snapshot(),
+      firstByte: this.#firstByte.snapshot(),
+      tunnelDuration: this.#tunnelDuration.snapshot(),
+      tunnelEnds: Array.from(this.#tunnelEnds),
+      refused: Array.from(this.#refused),
+      connections: this.#connections,
+      tunnels: this.#tunnels,
+    };
+  }
+
+  /** Sets (or, with null, forgets) another thread's latest snapshot; it is added when rendering. */
+  setRemote(thread: number, snapshot: MetricsSnapshot | null): void {
+    if (snapshot === null) this.#remotes.delete(thread);
+    else this.#remotes.set(thread, snapshot);
   }
 
   /** A client connection was accepted (`waypost_client_connections` up). */
@@ -405,13 +485,25 @@ export class Metrics {
     this.#renderServer(out);
     this.#renderRequests(out);
     this.#renderErrors(out);
-    this.#duration.render(out, "waypost_request_duration_seconds", "Duration of exchanges that are not tunnels.");
+    const remotes = [...this.#remotes.values()];
+    this.#duration.render(
+      out,
+      "waypost_request_duration_seconds",
+      "Duration of exchanges that are not tunnels.",
+      remotes.map((r) => r.duration),
+    );
     this.#firstByte.render(
       out,
       "waypost_time_to_first_byte_seconds",
       "Time from the request head to the response head from upstream.",
+      remotes.map((r) => r.firstByte),
     );
-    this.#tunnelDuration.render(out, "waypost_tunnel_duration_seconds", "Lifetime of CONNECT tunnels and upgrades.");
+    this.#tunnelDuration.render(
+      out,
+      "waypost_tunnel_duration_seconds",
+      "Lifetime of CONNECT tunnels and upgrades.",
+      remotes.map((r) => r.tunnelDuration),
+    );
     this.#renderCollectors(out);
     out.push("");
     return out.join("\n");
@@ -435,17 +527,22 @@ export class Metrics {
   }
 
   #renderServer(out: string[]): void {
-    gauge(out, "waypost_client_connections", "Client connections open.", this.#connections);
-    gauge(out, "waypost_tunnels", "CONNECT tunnels and upgrade relays open.", this.#tunnels);
+    const remotes = [...this.#remotes.values()];
+    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => remotes.reduce((t, r) => t + pick(r), local);
+    gauge(out, "waypost_client_connections", "Client connections open.", sum(this.#connections, (r) => r.connections));
+    gauge(out, "waypost_tunnels", "CONNECT tunnels and upgrade relays open.", sum(this.#tunnels, (r) => r.tunnels));
     header(out, "waypost_connections_refused_total", "counter", "Client connections refused, by reason.");
     for (let i = 0; i < REFUSAL_REASONS.length; i++) {
-      out.push(`waypost_connections_refused_total{reason="${REFUSAL_REASONS[i]}"} ${formatNumber(this.#refused[i])}`);
+      const n = sum(this.#refused[i], (r) => r.refused[i] ?? 0);
+      out.push(`waypost_connections_refused_total{reason="${REFUSAL_REASONS[i]}"} ${formatNumber(n)}`);
     }
   }
 
   #renderRequests(out: string[]): void {
     header(out, "waypost_requests_total", "counter", "Exchanges and tunnels finished, by kind, method and status.");
-    const requests = this.#requests;
+    const remotes = [...this.#remotes.values()];
+    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => remotes.reduce((t, r) => t + pick(r), local);
+    const requests = Float64Array.from(this.#requests, (n, i) => sum(n, (r) => r.requests[i] ?? 0));
     for (let i = 0; i < requests.length; i++) {
       if (requests[i] === 0) continue;
       const code = i % CODES.length;
@@ -457,33 +554,52 @@ export class Metrics {
         }`,
       );
     }
-    counter(out, "waypost_client_bytes_received_total", "Bytes read from clients.", this.#bytesReceived);
-    counter(out, "waypost_client_bytes_sent_total", "Bytes written to clients.", this.#bytesSent);
+    counter(
+      out,
+      "waypost_client_bytes_received_total",
+      "Bytes read from clients.",
+      sum(this.#bytesReceived, (r) => r.bytesReceived),
+    );
+    counter(
+      out,
+      "waypost_client_bytes_sent_total",
+      "Bytes written to clients.",
+      sum(this.#bytesSent, (r) => r.bytesSent),
+    );
     counter(
       out,
       "waypost_upstream_connects_total",
       "Exchanges that opened a new upstream connection.",
-      this.#upstreamConnects,
+      sum(this.#upstreamConnects, (r) => r.upstreamConnects),
     );
     counter(
       out,
       "waypost_upstream_reuses_total",
       "Exchanges that reused a pooled upstream connection.",
-      this.#upstreamReuses,
+      sum(this.#upstreamReuses, (r) => r.upstreamReuses),
     );
     header(out, "waypost_tunnel_ends_total", "counter", "Tunnels finished, by how they ended.");
     for (let i = 0; i < TUNNEL_ENDS.length; i++) {
-      out.push(`waypost_tunnel_ends_total{end="${TUNNEL_ENDS[i]}"} ${formatNumber(this.#tunnelEnds[i])}`);
+      const n = sum(this.#tunnelEnds[i], (r) => r.tunnelEnds[i] ?? 0);
+      out.push(`waypost_tunnel_ends_total{end="${TUNNEL_ENDS[i]}"} ${formatNumber(n)}`);
     }
   }
 
   #renderErrors(out: string[]): void {
     header(out, "waypost_errors_total", "counter", "Exchanges that ended with an error, by stable error code.");
-    const codes = this.#errorCodes;
-    for (let i = 0; i < codes.length; i++) {
-      out.push(`waypost_errors_total{code="${escapeLabel(codes[i])}"} ${formatNumber(this.#errors[i])}`);
+    // This thread's codes first, then codes only other threads saw; at most MAX_ERROR_CODES, the rest `other`.
+    const totals = new Map<string, number>();
+    this.#errorCodes.forEach((code, i) => totals.set(code, this.#errors[i]));
+    let other = this.#errors[MAX_ERROR_CODES];
+    for (const r of this.#remotes.values()) {
+      for (const [code, n] of Object.entries(r.errors)) {
+        if (code === "other") other += n;
+        else if (totals.has(code)) totals.set(code, totals.get(code)! + n);
+        else if (totals.size < MAX_ERROR_CODES) totals.set(code, n);
+        else other += n;
+      }
     }
-    const other = this.#errors[MAX_ERROR_CODES];
+    for (const [code, n] of totals) out.push(`waypost_errors_total{code="${escapeLabel(code)}"} ${formatNumber(n)}`);
     if (other > 0) out.push(`waypost_errors_total{code="other"} ${formatNumber(other)}`);
   }
 

@@ -21,6 +21,7 @@ import { type ProxyHandle, startProxy } from "./server.ts";
 let proxy: ProxyHandle | null = null;
 let access: ReturnType<typeof accessLogFor> | null = null;
 let accessConfig: AccessLogConfig | null = null;
+let snapshots: ReturnType<typeof setInterval> | undefined;
 
 self.onmessage = async (event: MessageEvent) => {
   const message = event.data as
@@ -43,11 +44,19 @@ self.onmessage = async (event: MessageEvent) => {
       const logger = consoleLogger(message.logLevel);
       proxy = startProxy({ ...message.options, hooks: hooks.length > 0 ? hooks : undefined, reusePort: true, logger });
       if (access !== null) proxy.metrics?.watchAccessLog(access.log);
+      // Every second this thread's counters go to the main thread, which adds them to its own when it
+      // renders /metrics (the admin port, the main thread's alone, sees the whole process).
+      const metrics = proxy.metrics;
+      if (metrics !== null) {
+        snapshots = setInterval(() => self.postMessage({ type: "metrics", snapshot: metrics.snapshot() }), 1000);
+        Deno.unrefTimer(snapshots);
+      }
       self.postMessage({ type: "listening" });
     } catch (error) {
       self.postMessage({ type: "error", message: error instanceof Error ? error.message : String(error) });
     }
   } else if (message.type === "shutdown") {
+    clearInterval(snapshots);
     const stopping = (proxy?.shutdown(message.graceMs) ?? Promise.resolve()).then(() => access?.log.flush(1000));
     stopping.catch(() => {
       // Stopping failed part-way; the main thread terminates this thread either way.

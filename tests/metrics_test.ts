@@ -560,3 +560,32 @@ Deno.test("lib/version.ts matches deno.json (workers cannot read files outside l
   const denoJson = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
   assert.equal(VERSION, denoJson.version);
 });
+
+Deno.test("--workers: another thread's snapshot is added when rendering (counts, errors, histograms, gauges)", () => {
+  const main = new Metrics({ version: "1", deno: "2" });
+  const worker = new Metrics({ version: "1", deno: "2" });
+  main.record(record({ status: 200 }));
+  worker.record(record({ status: 200 }));
+  worker.record(record({ status: 502, error: "upstream-refused" }));
+  worker.connectionOpened();
+  main.setRemote(1, structuredClone(worker.snapshot()));
+  const text = main.render();
+  const line = (prefix: string) => text.split("\n").find((l) => l.startsWith(prefix));
+  assert.equal(
+    line('waypost_requests_total{kind="http",method="GET",code="200"}'),
+    'waypost_requests_total{kind="http",method="GET",code="200"} 2',
+  );
+  assert.equal(
+    line('waypost_errors_total{code="upstream-refused"}'),
+    'waypost_errors_total{code="upstream-refused"} 1',
+  );
+  assert.equal(line("waypost_request_duration_seconds_count"), "waypost_request_duration_seconds_count 3");
+  assert.equal(line("waypost_client_connections "), "waypost_client_connections 1");
+  assert.equal(main.summary().requests, 3);
+  // A newer snapshot replaces the older one (never added twice); forgetting a thread removes it.
+  worker.record(record({ status: 200 }));
+  main.setRemote(1, worker.snapshot());
+  assert.equal(main.summary().requests, 4);
+  main.setRemote(1, null);
+  assert.equal(main.summary().requests, 1);
+});

@@ -85,6 +85,16 @@ Deno.test("--workers 2: every request is served through the shared port, SIGTERM
       assert.ok(text.startsWith("HTTP/1.1 200 "), text.slice(0, 40));
       assert.ok(text.endsWith(`ok /w${i}`), text.slice(-20));
     });
+    // The admin port (the main thread's) counts every thread's requests: the others send theirs each second.
+    let metrics = "";
+    for (let i = 0; i < 30; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      const scrape = await Deno.connect({ hostname: "127.0.0.1", port: adminPort });
+      await scrape.write(new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+      metrics = await new Response(scrape.readable).text();
+      if (/^waypost_requests_total\{kind="http",method="GET",code="200"\} 40$/m.test(metrics)) break;
+    }
+    assert.match(metrics, /^waypost_requests_total\{kind="http",method="GET",code="200"\} 40$/m);
     child.kill("SIGTERM");
     const status = await child.status;
     assert.equal(status.code, 0);
