@@ -33,7 +33,15 @@
 export { type ProxyHandle, startProxy } from "./lib/server.ts";
 export { DEFAULTS, parseDuration, type ProxyOptions, type ResolvedOptions } from "./lib/options.ts";
 export type { TunnelEnd, TunnelStats } from "./lib/tunnel.ts";
-export { type Collector, Metrics, METRICS_CONTENT_TYPE, RecentExchanges, type RefusalReason } from "./lib/metrics.ts";
+export {
+  type Collector,
+  type HistogramSnapshot,
+  Metrics,
+  METRICS_CONTENT_TYPE,
+  type MetricsSnapshot,
+  RecentExchanges,
+  type RefusalReason,
+} from "./lib/metrics.ts";
 export {
   type Awaitable,
   BodyTooLargeError,
