@@ -205,8 +205,11 @@ class Histogram {
 
 /** A histogram's counts, as one thread sends them to another. */
 export interface HistogramSnapshot {
+  /** Observations per bucket (not cumulative); the last is +Inf. */
   counts: number[];
+  /** The sum of the observations, in ms. */
   sumMs: number;
+  /** How many observations. */
   count: number;
 }
 
@@ -216,18 +219,31 @@ export interface HistogramSnapshot {
  * the admin port sees the whole process. Plain data (structured-clone safe).
  */
 export interface MetricsSnapshot {
+  /** `waypost_requests_total` by series (kind × method × code, in the registry's order). */
   requests: number[];
+  /** Bytes read from clients. */
   bytesReceived: number;
+  /** Bytes written to clients. */
   bytesSent: number;
+  /** Exchanges that opened an upstream connection. */
   upstreamConnects: number;
+  /** Exchanges that reused a pooled one. */
   upstreamReuses: number;
+  /** Errors by stable code (`other` for those past the cap). */
   errors: Record<string, number>;
+  /** `waypost_request_duration_seconds`. */
   duration: HistogramSnapshot;
+  /** `waypost_time_to_first_byte_seconds`. */
   firstByte: HistogramSnapshot;
+  /** `waypost_tunnel_duration_seconds`. */
   tunnelDuration: HistogramSnapshot;
+  /** Tunnels ended, by how (the registry's order). */
   tunnelEnds: number[];
+  /** Connections refused, by reason (the registry's order). */
   refused: number[];
+  /** Client connections open. */
   connections: number;
+  /** Tunnels open. */
   tunnels: number;
 }
 
