@@ -240,7 +240,15 @@ class Squid implements AsyncDisposable {
       }
       await Deno.writeTextFile(`${dir}/squid.conf`, squidConfig(dir, port, options.connectPort, passwd));
       child = new Deno.Command(SQUID!, {
-        args: ["-N", "-f", `${dir}/squid.conf`],
+        // -n: our own service name, so the shared-memory segments cannot collide with another Squid on the
+        // machine (a system squid started by the package install, or a benchmark's).
+        args: [
+          "-N",
+          "-n",
+          `waypost${(crypto.getRandomValues(new Uint32Array(1))[0] >>> 0).toString(36)}`,
+          "-f",
+          `${dir}/squid.conf`,
+        ],
         cwd: dir,
         stdin: "null",
         stdout: "null",
