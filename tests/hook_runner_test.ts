@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import { composeHooks, HookError, isThenable, type ProxyHooks } from "../lib/hooks.ts";
 import { callHook, expireHook, type HookWatch } from "../lib/hook_runner.ts";
 import { ForbiddenError } from "../lib/errors.ts";
-import { tick } from "../lib/clock.ts";
 
 const watch = (): HookWatch => ({ hookDeadline: 0, hookName: null, hookExpire: null });
 const timing = { hookTimeoutMs: 1000, tickMs: 10 };
