@@ -189,3 +189,62 @@ Deno.test("a remote run (main.ts by URL) starts --workers without any read permi
     assert.equal(status.code, 0, err);
   }
 });
+
+Deno.test("--workers 2 with --config: SIGHUP reaches every thread (no restart-only key trips the reload)", async () => {
+  const origin = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => new Response("ok"));
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/w.json`;
+  await Deno.writeTextFile(file, `{ "port": 0, "via": "before", "log-format": "none" }`);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      `--allow-read=${LIB},${dir}`,
+      "--unstable-net",
+      MAIN,
+      "--config",
+      file,
+      "--workers",
+      "2",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const viaOf = async (port: number) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(
+      new TextEncoder().encode(
+        `GET http://127.0.0.1:${origin.addr.port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    const text = await new Response(conn.readable).text();
+    return /\r\nVia: ([^\r]*)/i.exec(text)?.[1] ?? "";
+  };
+  try {
+    const line = await readLine(child.stdout);
+    const port = Number(/:(\d+) /.exec(line)![1]);
+    assert.equal(await viaOf(port), "1.1 before");
+    await Deno.writeTextFile(file, `{ "port": 0, "via": "after", "log-format": "none" }`);
+    child.kill("SIGHUP");
+    await new Promise((r) => setTimeout(r, 400));
+    // New connections land on either thread: all of them use the new options.
+    const vias = await Promise.all(Array.from({ length: 16 }, () => viaOf(port)));
+    assert.deepEqual([...new Set(vias)], ["1.1 after"]);
+    child.kill("SIGTERM");
+    const [status, err] = await Promise.all([child.status, new Response(child.stderr).text()]);
+    assert.equal(status.code, 0);
+    assert.match(err, /reloaded /);
+    assert.ok(!err.includes("reload failed") && !err.includes("kept its options"), err);
+  } finally {
+    await child.stdout.cancel().catch(() => {});
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await child.status;
+    await child.stderr.cancel().catch(() => {});
+    await origin.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
