@@ -200,7 +200,9 @@ async function main(args: string[]): Promise<void> {
   let signals = 0;
   const onSignal = () => {
     if (++signals > 1) Deno.exit(0); // a second signal exits at once
-    Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs))])
+    // Each thread keeps serving for the drain delay, then has the grace period: wait for both.
+    const drainMs = (settings["drain-delay"] as number | undefined) ?? 0;
+    Promise.all([proxy.shutdown(graceMs), ...threads.map((w) => stopWorker(w, graceMs, drainMs))])
       .then(() => access?.log.flush(1000))
       .catch((error) => console.error(`waypost: shutdown: ${error instanceof Error ? error.message : error}`))
       .finally(() => Deno.exit(0));
@@ -287,15 +289,15 @@ function startWorkers(
 }
 
 /** Asks a worker to shut down gracefully and waits until it has stopped. */
-function stopWorker(worker: Worker, graceMs: number): Promise<void> {
+function stopWorker(worker: Worker, graceMs: number, drainMs: number): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);
       worker.terminate();
       resolve();
     };
-    // A worker that does not report back within the grace period (plus a margin) is terminated.
-    const timer = setTimeout(done, graceMs + 2000);
+    // A worker that does not report back within the drain delay and grace period (plus a margin) is terminated.
+    const timer = setTimeout(done, drainMs + graceMs + 2000);
     worker.onmessage = (event) => {
       if (event.data?.type === "stopped") done();
     };
