@@ -261,3 +261,14 @@ Deno.test("CLI --auth-file: users from the file; SIGHUP re-reads it (no --config
     assert.ok(!err.includes("one") && !err.includes("two"), "a password was printed");
   }
 });
+
+Deno.test("the README's complete example config file parses, and names every config key", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const start = readme.indexOf("```jsonc\n");
+  assert.ok(start !== -1, "the README has no jsonc example");
+  const text = readme.slice(start + "```jsonc\n".length, readme.indexOf("```", start + 8));
+  const settings = parseConfig(text, "README example");
+  const keys = OPTIONS.filter((o) => !o.flagOnly).map((o) => o.name);
+  const missing = keys.filter((k) => !(k in settings));
+  assert.deepEqual(missing, [], `keys missing from the README's example: ${missing.join(", ")}`);
+});
