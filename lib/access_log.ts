@@ -44,14 +44,17 @@ export function formatRecord(r: ExchangeRecord, format: LogFormat, options: Form
         `"reused":${r.reused},"connect_ms":${t.connect},"first_byte_ms":${t.firstByte},"total_ms":${t.total},` +
         `"error":${json(r.error)},"tunnel_end":${tunnel === null ? "null" : `"${tunnel.end}"`},` +
         `"first_fin":${tunnel?.firstFin ? `"${tunnel.firstFin}"` : "null"},` +
-        `"content_type":${json(r.contentType)},"user":${json(r.user ?? null)}}`;
+        `"content_type":${json(r.contentType)},"user":${json(r.user ?? null)},"parent":${r.viaParent === true}}`;
     }
     case "squid": {
       // %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt (Squid's native access.log)
       const seconds = Math.floor(now / 1000);
       const millis = String(now % 1000).padStart(3, "0");
       const elapsed = String(Math.round(r.timings.total)).padStart(6, " ");
-      const hierarchy = r.upstream === null ? "HIER_NONE/-" : `HIER_DIRECT/${r.upstream.hostname}`;
+      // Squid's hierarchy codes: straight to the origin, or through the (first and only) parent.
+      const hierarchy = r.upstream === null
+        ? "HIER_NONE/-"
+        : `${r.viaParent ? "FIRSTUP_PARENT" : "HIER_DIRECT"}/${r.upstream.hostname}`;
       return `${seconds}.${millis} ${elapsed} ${r.client.hostname} ${squidResult(r)}/${
         String(r.status).padStart(3, "0")
       } ${r.bytesToClient} ${safe(r.method || "NONE")} ${safe(target || "error:invalid-request")} ${

@@ -102,6 +102,7 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
   if (draft.timed) draft.connectMs = Math.round((performance.now() - started) * 100) / 100;
   client.upstream = conn;
   draft.upstream = conn;
+  draft.parent = parent !== null;
   try {
     try {
       await writeAll(client.out, ESTABLISHED);

@@ -346,6 +346,7 @@ async function forward(ctx: ExchangeContext, client: ClientSide, plan: Plan): Pr
       }
       client.upstream = up.conn;
       draft.upstream = up.conn;
+      draft.parent = parent !== null;
       draft.reused = up.reused;
       try {
         plan.canRetry = retryable && up.reused;

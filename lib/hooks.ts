@@ -314,6 +314,8 @@ export interface ExchangeRecord {
   endedAt: number;
   /** The user who authenticated with `Proxy-Authorization` (when the proxy asks for it), or null. */
   user?: string | null;
+  /** True when the exchange went through the parent proxy (`upstream` is then the parent's address). */
+  viaParent?: boolean;
 }
 
 /**

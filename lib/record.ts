@@ -34,6 +34,8 @@ export interface RecordDraft {
   contentType: string | null;
   /** The authenticated user, or null. */
   user: string | null;
+  /** Whether the upstream connection is to the parent proxy. */
+  parent: boolean;
 }
 
 /** A fresh draft. */
@@ -54,6 +56,7 @@ export function newDraft(timed: boolean): RecordDraft {
     outAtTunnel: 0,
     contentType: null,
     user: null,
+    parent: false,
   };
 }
 
@@ -73,6 +76,7 @@ export function resetDraft(d: RecordDraft): void {
   d.outAtTunnel = 0;
   d.contentType = null;
   d.user = null;
+  d.parent = false;
 }
 
 /** Facts about the exchange that only the session knows. */
@@ -121,5 +125,6 @@ export function buildRecord(d: RecordDraft, facts: RecordFacts): ExchangeRecord 
     contentType: d.contentType,
     endedAt: Math.round(performance.timeOrigin + now),
     user: d.user,
+    viaParent: d.parent,
   };
 }

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import type { ExchangeRecord } from "../lib/hooks.ts";
+import { formatRecord } from "../lib/access_log.ts";
 import { closedPort, echoTarget, fieldValue, get, startOrigin, startTestProxy, text } from "./util.ts";
 
 Deno.test("two waypost instances chain: requests and CONNECT through a parent that asks for credentials", async () => {
@@ -17,7 +18,12 @@ Deno.test("two waypost instances chain: requests and CONNECT through a parent th
     connectPorts: "*",
     hooks: { onExchangeEnd: (r) => void parentRecords.push(r) },
   });
-  await using child = startTestProxy({ upstreamProxy: `http://child:pw@127.0.0.1:${parent.port}`, connectPorts: "*" });
+  const childRecords: ExchangeRecord[] = [];
+  await using child = startTestProxy({
+    upstreamProxy: `http://child:pw@127.0.0.1:${parent.port}`,
+    connectPorts: "*",
+    hooks: { onExchangeEnd: (r) => void childRecords.push(r) },
+  });
   // Plain requests: absolute-form to the parent, our credentials added, the client's never forwarded.
   await using client = await child.connect();
   for (const path of ["/a", "/b"]) {
@@ -41,6 +47,11 @@ Deno.test("two waypost instances chain: requests and CONNECT through a parent th
     "child",
     origin.url("/b"),
   ]]);
+  // The child's records say the exchange went through the parent (Squid's log says FIRSTUP_PARENT).
+  assert.ok(childRecords.length >= 2 && childRecords.every((r) => r.viaParent === true));
+  assert.equal(childRecords[0].upstream?.port, parent.port);
+  assert.match(formatRecord(childRecords[0], "squid"), / FIRSTUP_PARENT\/127\.0\.0\.1 /);
+  assert.equal(JSON.parse(formatRecord(childRecords[0], "json")).parent, true);
   assert.equal(parentRecords[1].reused || parentRecords[0].connectionId === parentRecords[1].connectionId, true);
   // CONNECT through both proxies.
   await using tunnel = await child.connect();
