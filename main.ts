@@ -6,7 +6,7 @@
  * @module
  */
 import { consoleLogger, type LogLevel } from "./lib/log.ts";
-import { DEFAULTS, type ProxyOptions } from "./lib/options.ts";
+import { DEFAULTS, newInstanceId, type ProxyOptions } from "./lib/options.ts";
 import { hooksSpecifier, loadHooks } from "./lib/hooks_loader.ts";
 import { type AccessLogConfig, accessLogFor, type LogFormat, reopenAccessLog } from "./lib/access_log.ts";
 import {
@@ -31,18 +31,21 @@ function fail(message: string): never {
   Deno.exit(2);
 }
 
-/** Reads and validates the --config file; throws UsageError with the reason. */
-function readConfig(path: string): Settings {
-  let text: string;
+/** Reads a file a flag names; throws UsageError naming the flag, the reason and the permission to give. */
+function readFlagFile(flag: string, path: string): string {
   try {
-    text = Deno.readTextFileSync(path);
+    return Deno.readTextFileSync(path);
   } catch (error) {
     const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
       ? ` (run with --allow-read=${path})`
       : "";
-    throw new UsageError(`cannot read --config ${path}: ${error instanceof Error ? error.message : error}${hint}`);
+    throw new UsageError(`cannot read --${flag} ${path}: ${error instanceof Error ? error.message : error}${hint}`);
   }
-  return parseConfig(text, path);
+}
+
+/** Reads and validates the --config file; throws UsageError with the reason. */
+function readConfig(path: string): Settings {
+  return parseConfig(readFlagFile("config", path), path);
 }
 
 /** The proxy's options from the settings, with the users of --auth-file read in. */
@@ -50,15 +53,7 @@ function proxyOptionsWithFiles(settings: Settings): ProxyOptions {
   const options = proxyOptionsFrom(settings);
   const path = settings["auth-file"] as string | undefined;
   if (path === undefined) return options;
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(path);
-  } catch (error) {
-    const hint = error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
-      ? ` (run with --allow-read=${path})`
-      : "";
-    throw new UsageError(`cannot read --auth-file ${path}: ${error instanceof Error ? error.message : error}${hint}`);
-  }
+  const text = readFlagFile("auth-file", path);
   try {
     return { ...options, auth: [...(options.auth ?? []), ...parseAuthFile(text, path)] };
   } catch (error) {
@@ -105,8 +100,7 @@ async function main(args: string[]): Promise<void> {
     throw error;
   }
   // One tag for every thread of this process: a loop through any of them is a loop through this proxy.
-  const instanceId = Array.from(crypto.getRandomValues(new Uint8Array(4)), (b) => b.toString(16).padStart(2, "0"))
-    .join("");
+  const instanceId = newInstanceId();
   options.instanceId = instanceId;
   const logConfig = logConfigFrom(settings);
   let access: ReturnType<typeof accessLogFor> | null = null;

@@ -117,6 +117,7 @@ function rig(hooks: ProxyHooks | null): () => Promise<void> {
     destinations: { rules: [], blockPrivate: false, defaultAllow: true },
     parent: null,
     noProxy: [],
+    adminOnly: false,
   };
   // The origin answers every request it is sent.
   const origin: FakeConn = new FakeConn(() => queueMicrotask(() => origin.feed(RESPONSE)));

@@ -77,9 +77,7 @@ export async function connectTunnel(ctx: ExchangeContext, client: ClientSide, he
   const parent = ctx.parent !== null && !bypassesParent(ctx.noProxy, hostname, port) ? ctx.parent : null;
   const checked = checkDestination(ctx.destinations, hostname, port, parent === null, ctx.options.connectTimeoutMs);
   const dial = typeof checked === "string" ? checked : await checked;
-  const conn = parent === null
-    ? await connectUpstream(dial, port, ctx.options.connectTimeoutMs)
-    : await connectUpstream(parent.hostname, parent.port, ctx.options.connectTimeoutMs);
+  const conn = await connectUpstream(parent?.hostname ?? dial, parent?.port ?? port, ctx.options.connectTimeoutMs);
   const reader = new ConnReader(conn, 65536);
   if (parent !== null) {
     // The parent's CONNECT (with our tagged Via: a CONNECT loop through parents is caught like any other);

@@ -55,14 +55,14 @@ export async function answerError(ctx: ExchangeContext, s: ErrorTarget, error: u
   // 400 if the client is listening (RFC 9112 §8); a reset client makes the write fail.
   if (s.finalHeadSent) return false;
   // Each exchange ends in exactly one of onResponse or onError: a failing onResponse is answered by the proxy.
+  if (failure instanceof ProxyAuthError && failure.delayMs > 0) {
+    // Repeated failures from one address are slowed down (bounded), whoever writes the 407: guessing costs time.
+    await new Promise((resolve) => setTimeout(resolve, failure.delayMs));
+  }
   const hooks = ctx.hooks;
   const hook = s.hook;
   if (hooks !== null && hooks.onError !== null && hook !== null && !hook.responded) {
     if (await answerWithHook(ctx, s, failure)) return true;
-  }
-  if (failure instanceof ProxyAuthError && failure.delayMs > 0) {
-    // Repeated failures from one address are slowed down (bounded): guessing costs time.
-    await new Promise((resolve) => setTimeout(resolve, failure.delayMs));
   }
   s.draft.status = failure.status;
   s.draft.contentType = "text/plain; charset=utf-8"; // errorResponse's
@@ -95,12 +95,9 @@ async function answerWithHook(ctx: ExchangeContext, s: ErrorTarget, error: Proxy
     if (!has(answer.fields, "proxy-status")) {
       answer.fields.push(proxyStatusField(ctx.options.via, error, ctx.options.proxyStatusDetails));
     }
-    // RFC 9110 §15.5.8: a 407 MUST carry the challenge; a custom page keeps it (and the failure delay).
-    if (error instanceof ProxyAuthError) {
-      if (answer.status === 407 && !has(answer.fields, "proxy-authenticate")) {
-        answer.fields.push(["Proxy-Authenticate", error.challenge]);
-      }
-      if (error.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, error.delayMs));
+    // RFC 9110 §15.5.8: a 407 MUST carry the challenge; a custom page keeps it.
+    if (error instanceof ProxyAuthError && answer.status === 407 && !has(answer.fields, "proxy-authenticate")) {
+      answer.fields.push(["Proxy-Authenticate", error.challenge]);
     }
     await writeAnswer(s, answer, {
       method: s.method,

@@ -58,7 +58,7 @@ export interface ExchangeContext {
   /** Destinations that skip the parent. */
   readonly noProxy: readonly NoProxyRule[];
   /** True on the admin port: only the proxy's own pages are served. */
-  readonly adminOnly?: boolean;
+  readonly adminOnly: boolean;
 }
 
 /** The hook state of one exchange. */

@@ -135,9 +135,9 @@ export function handleRequest(ctx: ExchangeContext, client: ClientSide, head: Re
       method: head.method,
       target: head.target,
       host: firstValue(fields, "host"),
-      client: (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname,
+      client: clientHost(client),
       local: client.local ?? client.conn.localAddr as Deno.NetAddr,
-      adminPort: ctx.adminOnly === true,
+      adminPort: ctx.adminOnly,
     }, ctx.pages);
     return answerLocally(ctx, client, head, page, persistent && !hasBody, null);
   }
@@ -1107,6 +1107,11 @@ function hasConnectionAuth(values: readonly string[]): boolean {
   return false;
 }
 
+/** The client's address: the one a PROXY header announced, else the socket's peer. */
+function clientHost(client: ClientSide): string {
+  return (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname;
+}
+
 /** Rounds ms to 0.1 for Server-Timing. */
 function tenths(ms: number): string {
   return (Math.round(ms * 10) / 10).toString();
@@ -1140,7 +1145,7 @@ function serverTiming(d: RecordDraft): Field {
 function authenticate(ctx: ExchangeContext, client: ClientSide, fields: readonly Field[]): void {
   const presented = firstValue(fields, "proxy-authorization");
   const user = ctx.credentials!.check(presented);
-  const address = (client.client ?? client.conn.remoteAddr as Deno.NetAddr).hostname;
+  const address = clientHost(client);
   if (user === null) {
     // The first request of a client that was not asked yet carries nothing: not a failure.
     if (presented === null) throw new ProxyAuthError(ctx.authChallenge, "proxy-auth-required");

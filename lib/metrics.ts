@@ -428,6 +428,12 @@ export class Metrics {
     };
   }
 
+  /** `local` plus the same value in every other thread's latest snapshot. */
+  #sum(local: number, pick: (r: MetricsSnapshot) => number): number {
+    for (const r of this.#remotes.values()) local += pick(r);
+    return local;
+  }
+
   /** Sets (or, with null, forgets) another thread's latest snapshot; it is added when rendering. */
   setRemote(thread: number, snapshot: MetricsSnapshot | null): void {
     if (snapshot === null) this.#remotes.delete(thread);
@@ -543,8 +549,7 @@ export class Metrics {
   }
 
   #renderServer(out: string[]): void {
-    const remotes = [...this.#remotes.values()];
-    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => remotes.reduce((t, r) => t + pick(r), local);
+    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => this.#sum(local, pick);
     gauge(out, "waypost_client_connections", "Client connections open.", sum(this.#connections, (r) => r.connections));
     gauge(out, "waypost_tunnels", "CONNECT tunnels and upgrade relays open.", sum(this.#tunnels, (r) => r.tunnels));
     header(out, "waypost_connections_refused_total", "counter", "Client connections refused, by reason.");
@@ -556,8 +561,7 @@ export class Metrics {
 
   #renderRequests(out: string[]): void {
     header(out, "waypost_requests_total", "counter", "Exchanges and tunnels finished, by kind, method and status.");
-    const remotes = [...this.#remotes.values()];
-    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => remotes.reduce((t, r) => t + pick(r), local);
+    const sum = (local: number, pick: (r: MetricsSnapshot) => number) => this.#sum(local, pick);
     const requests = Float64Array.from(this.#requests, (n, i) => sum(n, (r) => r.requests[i] ?? 0));
     for (let i = 0; i < requests.length; i++) {
       if (requests[i] === 0) continue;

@@ -229,7 +229,7 @@ export function resolveOptions(options: ProxyOptions = {}): ResolvedOptions {
   for (const [key, value] of Object.entries(options)) {
     if (value !== undefined) (out as unknown as Record<string, unknown>)[key] = value;
   }
-  if (out.instanceId === "") out.instanceId = randomTag();
+  if (out.instanceId === "") out.instanceId = newInstanceId();
   if (typeof out.instanceId !== "string" || !/^[A-Za-z0-9._-]{1,64}$/.test(out.instanceId)) {
     throw new TypeError("Invalid option instanceId: letters, digits, . _ - (at most 64)");
   }
@@ -329,8 +329,8 @@ export function parseDuration(text: string): number {
   return n * UNIT_MS[m[2] ?? "s"];
 }
 
-/** 8 random hex digits. */
-function randomTag(): string {
+/** A fresh instance tag for `instanceId`: 8 random hex digits. */
+export function newInstanceId(): string {
   const b = crypto.getRandomValues(new Uint8Array(4));
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }

@@ -135,12 +135,15 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
   /** Refused connections still lingering (shutdown waits for them: at most LINGER.ms). */
   const refusing = new Set<Promise<void>>();
   const perClient = new ClientCounts();
-  let sweeper = startSweeper(sessions, {
-    intervalMs: ctx.tickMs,
-    bodyTimeoutMs: opts.bodyTimeoutMs,
-    logger,
-    expireHead: (s) => expireHead(host, s),
-  });
+  /** The one sweeper, with the current options (started again by a reload). */
+  const startSessionSweeper = () =>
+    startSweeper(sessions, {
+      intervalMs: ctx.tickMs,
+      bodyTimeoutMs: opts.bodyTimeoutMs,
+      logger,
+      expireHead: (s) => expireHead(host, s),
+    });
+  let sweeper = startSessionSweeper();
 
   /** Connections whose PROXY protocol header is still being read (closed at shutdown). */
   const introducing = new Set<Deno.TcpConn>();
@@ -332,12 +335,7 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     host.headerTimeoutMs = opts.headerTimeoutMs;
     host.idleTimeoutMs = opts.idleTimeoutMs;
     sweeper.stop();
-    sweeper = startSweeper(sessions, {
-      intervalMs: ctx.tickMs,
-      bodyTimeoutMs: opts.bodyTimeoutMs,
-      logger,
-      expireHead: (s) => expireHead(host, s),
-    });
+    sweeper = startSessionSweeper();
   }
 
   return {
@@ -426,6 +424,8 @@ function exchangeContext(
     destinations,
     parent: opts.upstreamProxy === "" ? null : parseParentProxy(opts.upstreamProxy),
     noProxy: parseNoProxy(opts.noProxy),
+    // A field of every context (one shape on the hot path); the admin port's context overrides it.
+    adminOnly: false,
   };
 }
 
