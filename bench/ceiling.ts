@@ -6,10 +6,12 @@
  * be read against what `conn.read()`/`conn.write()` alone cost, in the same
  * harness and the same run:
  *
- *   deno run --allow-net bench/ceiling.ts 18201
+ *   deno run --allow-net bench/ceiling.ts 18201 [BUFFER_BYTES]
  *   python3 /tmp/proxy-bench/bench.py --targets direct ceiling="exec deno run --allow-net bench/ceiling.ts {port}" ...
  */
 const port = Number(Deno.args[0] ?? 18201);
+/** Read buffer per direction (second argument; 64 KiB by default, 4096 to find the memory floor). */
+const bufferBytes = Number(Deno.args[1] ?? 65536);
 const latin1 = new TextDecoder("latin1");
 const encoder = new TextEncoder();
 
@@ -21,8 +23,8 @@ function headEnd(b: Uint8Array, n: number): number {
 }
 
 async function serve(client: Deno.Conn): Promise<void> {
-  const buf = new Uint8Array(65536);
-  const upBuf = new Uint8Array(65536);
+  const buf = new Uint8Array(bufferBytes);
+  const upBuf = new Uint8Array(bufferBytes);
   let up: Deno.Conn | null = null;
   try {
     while (true) {

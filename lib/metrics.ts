@@ -545,7 +545,21 @@ export class Metrics {
       "Start time of the process (this thread's runtime) since the epoch, in seconds.",
       performance.timeOrigin / 1000,
     );
-    gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.", Deno.memoryUsage().rss);
+    const memory = Deno.memoryUsage();
+    gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.", memory.rss);
+    gauge(
+      out,
+      "waypost_js_heap_total_bytes",
+      "JavaScript heap reserved by V8 (this thread), in bytes.",
+      memory.heapTotal,
+    );
+    gauge(out, "waypost_js_heap_used_bytes", "JavaScript heap in use (this thread), in bytes.", memory.heapUsed);
+    gauge(
+      out,
+      "waypost_external_memory_bytes",
+      "Memory outside the JavaScript heap held by it (buffers), in bytes.",
+      memory.external,
+    );
   }
 
   #renderServer(out: string[]): void {

@@ -107,7 +107,8 @@ class SessionState implements Session {
 
   constructor(conn: Deno.TcpConn, id: number, records: boolean, hooks: boolean) {
     this.conn = conn;
-    this.reader = new ConnReader(conn, 256 * 1024);
+    // Clients mostly wait (for their first request, between requests): a waiting client holds no buffer.
+    this.reader = new ConnReader(conn, 256 * 1024, 4096, true);
     // Bytes to the client are counted only when a record is made.
     this.out = records ? new CountingWriter(conn) : conn;
     this.draft = newDraft(records);
@@ -146,7 +147,17 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     const outStart = s.written;
     let head: RequestHead | null;
     try {
-      head = await readRequestHead(host, s, first);
+      // The wait for a request happens in this frame (an idle connection holds no more);
+      // a head that arrives whole is parsed without another await.
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await awaitRequest(host, s, first);
+      } catch (error) {
+        s.waitingHead = false;
+        throw s.timedOut ? TIMEOUT : error;
+      }
+      const got = takeHead(host, s, first, chunk);
+      head = got instanceof HeadParser ? await readHeadRest(s, got) : got;
     } catch (error) {
       if (error === TIMEOUT) {
         if (s.timeoutAnswer !== null) await s.timeoutAnswer;
@@ -253,16 +264,50 @@ function endExchange(
 }
 
 /**
- * The head-reading stage. A fresh connection gets the head timeout; a kept-alive
- * one the idle timeout until its first byte. The sweeper enforces the deadline
- * (no timer per request) and sets `timedOut`.
+ * The head-reading stage, in three steps: {@link awaitRequest} (the wait for the
+ * first bytes), {@link takeHead} (the first chunk) and, when the head is split
+ * over reads, {@link readHeadRest}. A fresh connection gets the head timeout; a
+ * kept-alive one the idle timeout until its first byte. The sweeper enforces the
+ * deadline (no timer per request) and sets `timedOut`.
  */
-async function readRequestHead(host: SessionHost, s: Session, first: boolean): Promise<RequestHead | null> {
-  const parser = new HeadParser("request", host.limits);
-  const tickMs = host.ctx.tickMs;
+function awaitRequest(host: SessionHost, s: Session, first: boolean): Promise<Uint8Array | null> {
   s.waitingHead = true;
   s.headStarted = false;
-  s.deadline = deadlineIn(first ? host.headerTimeoutMs : host.idleTimeoutMs, tickMs);
+  s.deadline = deadlineIn(first ? host.headerTimeoutMs : host.idleTimeoutMs, host.ctx.tickMs);
+  return s.reader.nextMessage();
+}
+
+/** The head from its first chunk; its parser when more bytes are needed; null when the client closed. */
+function takeHead(
+  host: SessionHost,
+  s: Session,
+  first: boolean,
+  chunk: Uint8Array | null,
+): RequestHead | HeadParser | null {
+  if (s.timedOut || chunk === null) {
+    s.waitingHead = false;
+    if (s.timedOut) throw TIMEOUT;
+    return null;
+  }
+  s.headStarted = true;
+  if (s.draft.timed) s.draft.startedAt = performance.now(); // the exchange's timings start here
+  if (!first) s.deadline = deadlineIn(host.headerTimeoutMs, host.ctx.tickMs);
+  const parser = new HeadParser("request", host.limits);
+  let used: number;
+  try {
+    used = parser.push(chunk);
+  } catch (error) {
+    s.waitingHead = false;
+    throw error;
+  }
+  if (!parser.complete) return parser;
+  s.waitingHead = false;
+  s.reader.unread(chunk.length - used);
+  return parser.requestHead();
+}
+
+/** The rest of a head that did not arrive in one chunk. */
+async function readHeadRest(s: Session, parser: HeadParser): Promise<RequestHead> {
   try {
     while (true) {
       let chunk: Uint8Array | null;
@@ -273,15 +318,7 @@ async function readRequestHead(host: SessionHost, s: Session, first: boolean): P
         throw error;
       }
       if (s.timedOut) throw TIMEOUT;
-      if (chunk === null) {
-        if (parser.started) throw new PrematureEofError("Connection closed before the head was complete");
-        return null;
-      }
-      if (!s.headStarted) {
-        s.headStarted = true;
-        if (s.draft.timed) s.draft.startedAt = performance.now(); // the exchange's timings start here
-        if (!first) s.deadline = deadlineIn(host.headerTimeoutMs, tickMs);
-      }
+      if (chunk === null) throw new PrematureEofError("Connection closed before the head was complete");
       const used = parser.push(chunk);
       if (parser.complete) {
         s.reader.unread(chunk.length - used);
@@ -326,7 +363,7 @@ function watchClient(s: Session): void {
   if (s.inBody || reader.buffered > 0 || reader.eof || reader.reading) return;
   let read: Promise<number | null>;
   try {
-    read = reader.prefetch();
+    read = reader.prefetch(false); // a hook may be reading the request body from this reader
   } catch {
     // A read is already in flight (a body being read): its owner sees the reset.
     return;

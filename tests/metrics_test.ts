@@ -159,6 +159,9 @@ Deno.test("an empty registry renders valid text with HELP and TYPE for every fam
       "waypost_start_time_seconds",
       "process_start_time_seconds",
       "process_resident_memory_bytes",
+      "waypost_js_heap_total_bytes",
+      "waypost_js_heap_used_bytes",
+      "waypost_external_memory_bytes",
       "waypost_client_connections",
       "waypost_tunnels",
       "waypost_connections_refused_total",
@@ -193,6 +196,8 @@ Deno.test("start times and resident memory", () => {
   const processStart = value(families, "process_start_time_seconds");
   assert.ok(processStart > 1e9 && processStart <= start + 0.001);
   assert.ok(value(families, "process_resident_memory_bytes") > 1024 * 1024);
+  assert.ok(value(families, "waypost_js_heap_used_bytes") > 1024 * 1024);
+  assert.ok(value(families, "waypost_js_heap_total_bytes") >= value(families, "waypost_js_heap_used_bytes"));
 });
 
 Deno.test("requests are counted by kind, folded method and folded code; bytes and upstreams", () => {

@@ -1,6 +1,7 @@
 /**
  * ConnReader: byte-exact reads across buffer changes (small → 64 KiB → largest
- * and back), unread before a change, and the idle read on the small buffer.
+ * and back), unread before a change, the idle read on the small buffer, and the
+ * waits of a `probe` reader in slots of shared slabs.
  */
 import assert from "node:assert/strict";
 import { ConnReader } from "../lib/reader.ts";
@@ -124,4 +125,86 @@ Deno.test("ConnReader.dispose keeps buffers while a next() read is in flight", a
   for (const finish of finishers) finish(null);
   assert.equal(await reading, null);
   assert.equal(await otherReading, null);
+});
+
+Deno.test("ConnReader with probe: a fresh connection waits in one byte, a kept-alive one in 512, bytes stay exact", async () => {
+  const first = new TextEncoder().encode("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+  const second = pattern(700); // larger than the 512-byte slot: read on behind it
+  const third = pattern(300);
+  const data = new Uint8Array([...first, ...second, ...third]);
+  // The peer's segments: the first message, the second (700 bytes), the third.
+  const conn = scripted(data, [1 << 30]);
+  const segments = [first.length, second.length, third.length];
+  let segment = 0;
+  let left = segments[0];
+  const seen: number[] = [];
+  const reader = new ConnReader(
+    {
+      read(p: Uint8Array): Promise<number | null> {
+        seen.push(p.length);
+        if (left === 0) left = segments[++segment] ?? 0;
+        const n = conn.read(p.subarray(0, Math.min(p.length, Math.max(left, 1))));
+        return n.then((got) => {
+          if (got !== null) left -= got;
+          return got;
+        });
+      },
+    },
+    256 * 1024,
+    4096,
+    true,
+  );
+  const a = await reader.nextMessage();
+  assert.deepEqual(a, first);
+  assert.deepEqual(seen, [1, 4095], "one byte, then the rest behind it in the small buffer");
+  seen.length = 0;
+  const b = await reader.prefetch().then(() => reader.next());
+  assert.deepEqual(b, second);
+  assert.deepEqual(seen, [512, 4096 - 512], "a full 512-byte slot is followed by a read behind it");
+  seen.length = 0;
+  const c = await reader.nextMessage();
+  assert.deepEqual(c, third);
+  assert.deepEqual(seen, [512], "a message that fits the slot costs one read");
+  assert.equal(await reader.nextMessage(), null);
+  assert.equal(reader.consumed, data.length);
+});
+
+Deno.test("ConnReader with probe: one byte then EOF is one byte; waiting readers never share a slot", async () => {
+  const lone = new ConnReader(scripted(new Uint8Array([7]), [1]), 65536, 4096, true);
+  assert.deepEqual(await lone.nextMessage(), new Uint8Array([7]));
+  assert.equal(await lone.nextMessage(), null);
+  // Many readers waiting at once, each answered later with its own bytes.
+  const waiting: { resolve: (n: number) => void; p: Uint8Array }[] = [];
+  const readers = Array.from({ length: 200 }, (_, i) =>
+    new ConnReader(
+      {
+        read(p: Uint8Array): Promise<number | null> {
+          if (waiting[i] !== undefined) {
+            p.fill(i & 0xff);
+            return Promise.resolve(p.length > 4 ? 4 : p.length);
+          }
+          return new Promise((resolve) => waiting[i] = { resolve, p });
+        },
+      },
+      65536,
+      4096,
+      true,
+    ));
+  const results = readers.map((r) => r.nextMessage());
+  // Every waiting read got a distinct one-byte view.
+  const slabs: ArrayBufferLike[] = [];
+  const views = new Set(waiting.map((w) => {
+    if (!slabs.includes(w.p.buffer)) slabs.push(w.p.buffer);
+    assert.equal(w.p.length, 1);
+    return `${slabs.indexOf(w.p.buffer)}:${w.p.byteOffset}`;
+  }));
+  assert.equal(views.size, 200);
+  for (let i = 0; i < 200; i++) {
+    waiting[i].p[0] = i & 0xff;
+    waiting[i].resolve(1);
+  }
+  const got = await Promise.all(results);
+  for (let i = 0; i < 200; i++) {
+    assert.deepEqual(got[i], new Uint8Array([i & 0xff, i & 0xff, i & 0xff, i & 0xff, i & 0xff]));
+  }
 });
