@@ -149,43 +149,62 @@ export class ConnReader {
    */
   nextMessage(): Promise<Uint8Array | null> {
     if (!this.#probe || this.#end > this.#start || this.eof) return this.next();
-    // No async frame of its own: an idle connection waits in as few objects as possible.
-    const read = this.#pending ?? this.#slotRead();
+    // No async frame and one callback pair: an idle connection waits in as few objects as possible.
+    const pending = this.#pending;
     this.#pending = null;
-    return read.then((n) => this.#accept(n), (error) => {
-      this.#inFlight = false;
-      throw error;
-    });
+    if (pending !== null) return pending.then((n) => this.#accept(n), (error) => this.#failed(error));
+    const slot = this.#slotStart();
+    return this.#conn.read(slot).then((n) => {
+      const got = this.#slotLanded(slot, n);
+      return typeof got === "number" || got === null ? this.#accept(got) : got.then((m) => this.#accept(m));
+    }, (error) => this.#slotFailed(slot, error));
+  }
+
+  #failed(error: unknown): never {
+    this.#inFlight = false;
+    throw error;
   }
 
   /**
-   * A read into a slot of a shared slab (one byte before the first message, 512
-   * after); the bytes go into the small buffer, taken now, and a full slot is
-   * followed by a read of what else has arrived behind them. Resolves to the bytes
-   * now in `#buf` (from 0), or null at EOF. The reader's buffers are given back
-   * first: nothing of them is in use between messages.
+   * A wait in a slot of a shared slab starts (one byte before the first message,
+   * 512 after): the reader's buffers are given back first, nothing of them is in
+   * use between messages. Returns the slot to read into.
    */
-  #slotRead(): Promise<number | null> {
-    const size = this.consumed === 0 ? FIRST_SLOT_BYTES : IDLE_SLOT_BYTES;
+  #slotStart(): Uint8Array {
     this.#giveBorrowed();
     if (this.#small !== null) giveBuffer(this.#small);
     this.#buf = this.#small = this.#last = null;
     this.#start = this.#end = 0;
     this.#want = 0;
     this.#inFlight = true;
-    const slot = takeSlot(size);
-    const free = SLOTS.get(size)!;
-    // Promise callbacks, not an async function: fewer objects held while the connection waits.
-    return this.#conn.read(slot).then((n) => {
-      free.push(slot);
-      if (n === null) return null;
-      const buf = this.#buf = this.#smallBuffer();
-      buf.set(n === size ? slot : slot.subarray(0, n));
-      if (n !== size || n >= buf.length) return n;
-      // More may be there already (else this waits like any read; its EOF ends the message's bytes).
-      return this.#conn.read(buf.subarray(n)).then((rest) => rest === null ? n : n + rest);
-    }, (error) => {
-      free.push(slot);
+    return takeSlot(this.consumed === 0 ? FIRST_SLOT_BYTES : IDLE_SLOT_BYTES);
+  }
+
+  /**
+   * The slot's read is done: its bytes go into the small buffer, taken now, and a
+   * full slot is followed by a read of what else has arrived behind them. The
+   * count of bytes in `#buf` (from 0), null at EOF, or a promise of that count.
+   */
+  #slotLanded(slot: Uint8Array, n: number | null): number | null | Promise<number | null> {
+    SLOTS.get(slot.length)!.push(slot);
+    if (n === null) return null;
+    const buf = this.#buf = this.#smallBuffer();
+    buf.set(n === slot.length ? slot : slot.subarray(0, n));
+    if (n !== slot.length || n >= buf.length) return n;
+    // More may be there already (else this waits like any read; its EOF ends the message's bytes).
+    return this.#conn.read(buf.subarray(n)).then((rest) => rest === null ? n : n + rest);
+  }
+
+  #slotFailed(slot: Uint8Array, error: unknown): never {
+    SLOTS.get(slot.length)!.push(slot);
+    return this.#failed(error);
+  }
+
+  /** A wait in a slot, for {@link prefetch}: resolves to the count of bytes in `#buf`. */
+  #slotRead(): Promise<number | null> {
+    const slot = this.#slotStart();
+    return this.#conn.read(slot).then((n) => this.#slotLanded(slot, n), (error) => {
+      SLOTS.get(slot.length)!.push(slot);
       throw error;
     });
   }

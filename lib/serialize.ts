@@ -5,8 +5,6 @@
  */
 import type { Field } from "./fields.ts";
 
-const encoder = new TextEncoder();
-
 /**
  * Serializes a start line and field lines into head bytes, ending with the
  * empty line, followed by `body` if given. Field names and values are written
@@ -19,24 +17,41 @@ export function serializeHead(
   body?: Uint8Array | null,
   into?: Uint8Array,
 ): Uint8Array {
-  // One string, encoded natively in one call: much faster than a char-by-char copy.
-  let text = startLine + "\r\n";
-  for (let i = 0; i < fields.length; i++) text += fields[i][0] + ": " + fields[i][1] + "\r\n";
-  text += "\r\n";
-  const size = text.length;
+  // Copied char by char into the buffer: no string is built (concatenating the head
+  // made a string per piece and a flat copy, about a tenth of the bytes allocated per
+  // request), and a char is its latin-1 byte.
+  let size = startLine.length + 4;
+  for (let i = 0; i < fields.length; i++) size += fields[i][0].length + fields[i][1].length + 4;
   // A small body rides in the same buffer: one write, one segment (no Nagle stall).
   const total = size + (body ? body.length : 0);
   const out = into !== undefined && into.length >= total ? into : new Uint8Array(total);
-  const done = encoder.encodeInto(text, out);
-  // UTF-8 equals latin-1 only for ASCII: any other char makes read or written differ.
-  if (done.read !== size || done.written !== size) putLatin1(out, text);
+  let at = put(out, 0, startLine);
+  out[at++] = CR;
+  out[at++] = LF;
+  for (let i = 0; i < fields.length; i++) {
+    const field = fields[i];
+    at = put(out, at, field[0]);
+    out[at++] = COLON;
+    out[at++] = SP;
+    at = put(out, at, field[1]);
+    out[at++] = CR;
+    out[at++] = LF;
+  }
+  out[at++] = CR;
+  out[at++] = LF;
   if (body) out.set(body, size);
   return out.length === total ? out : out.subarray(0, total);
 }
 
-/** Writes `text` as latin-1, one byte per char, from the start of `out`. */
-function putLatin1(out: Uint8Array, text: string): void {
-  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+const CR = 13;
+const LF = 10;
+const COLON = 58;
+const SP = 32;
+
+/** Writes `text` as latin-1 (one byte per char) at `at`; returns the index after it. */
+function put(out: Uint8Array, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
+  return at + text.length;
 }
 
 /** Size of the scratch buffers heads are built in (buffers.ts; larger heads get their own). */

@@ -818,4 +818,24 @@ Deno.test("serializeHead output parses back to the same head", async (t) => {
     );
     assert.equal(text(serializeHead("0", [])), `0\r\n\r\n`);
   });
+  await t.step("a body after the head; a scratch buffer is used when the whole fits, else a new array", () => {
+    const body = new TextEncoder().encode("hi");
+    const scratch = new Uint8Array(64).fill(0x2a);
+    const inPlace = serializeHead("HTTP/1.1 200 OK", [["X", "\xff"]], body, scratch);
+    assert.equal(inPlace.buffer, scratch.buffer);
+    assert.deepEqual([...inPlace], [
+      ...new TextEncoder().encode("HTTP/1.1 200 OK\r\nX: "),
+      0xff,
+      13,
+      10,
+      13,
+      10,
+      104,
+      105,
+    ]);
+    const tooSmall = new Uint8Array(8);
+    const fresh = serializeHead("HTTP/1.1 200 OK", [["X", "y"]], body, tooSmall);
+    assert.notEqual(fresh.buffer, tooSmall.buffer);
+    assert.equal(text(fresh), "HTTP/1.1 200 OK\r\nX: y\r\n\r\nhi");
+  });
 });
