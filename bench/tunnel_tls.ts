@@ -4,14 +4,20 @@
  * rounds; prints medians, the ratio to direct and the proxy's peak RSS (VmHWM).
  * The proxy is pinned to CPU 0 and nginx + curl to CPU 1 when `taskset` exists.
  *
- *   deno task bench:tunnel:tls [--rounds 3]
+ *   deno task bench:tunnel:tls [--rounds 3] [--floor]
+ *
+ * --floor: also the minimal Deno relay (bench/tunnel_floor.ts), in the same rounds:
+ * what the runtime allows for the same transfer.
  *
  * Needs nginx and curl (Debian: apt-get install nginx curl). Loopback only.
  */
 import { parseArgs } from "node:util";
 import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
 
-const { values } = parseArgs({ args: Deno.args, options: { rounds: { type: "string", default: "3" } } });
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { rounds: { type: "string", default: "3" }, floor: { type: "boolean", default: false } },
+});
 const ROUNDS = Number(values.rounds);
 
 const NGINX = which("nginx");
@@ -61,12 +67,22 @@ const proxy = spawn(0, Deno.execPath(), [
   "warn",
 ]);
 
-async function download(viaProxy: boolean): Promise<number> {
+const floorPort = freePort();
+if (values.floor) {
+  spawn(0, Deno.execPath(), [
+    "run",
+    "--allow-net",
+    new URL("tunnel_floor.ts", import.meta.url).pathname,
+    String(floorPort),
+  ]);
+}
+
+async function download(viaPort: number | null): Promise<number> {
   const [c, a] = pinned(1, CURL!, [
     "-s",
     "--cacert",
     `${fixtures}ca.pem`,
-    ...(viaProxy ? ["-x", `http://127.0.0.1:${proxyPort}`] : []),
+    ...(viaPort !== null ? ["-x", `http://127.0.0.1:${viaPort}`] : []),
     "-o",
     "/dev/null",
     "-w",
@@ -83,12 +99,15 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 try {
   await waitForPort(originPort);
   await waitForPort(proxyPort);
-  await download(false); // warm the page cache
+  if (values.floor) await waitForPort(floorPort);
+  await download(null); // warm the page cache
   const direct: number[] = [];
   const tunnel: number[] = [];
+  const floor: number[] = [];
   for (let i = 0; i < ROUNDS; i++) {
-    direct.push(await download(false));
-    tunnel.push(await download(true));
+    direct.push(await download(null));
+    tunnel.push(await download(proxyPort));
+    if (values.floor) floor.push(await download(floorPort));
   }
   const hwm = Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync(`/proc/${proxy.pid}/status`))![1]) / 1024;
   const d = median(direct);
@@ -97,6 +116,12 @@ try {
   console.log("| --- | --- | --- |");
   console.log(`| curl → nginx (TLS), direct | ${d.toFixed(0)} | 1.00 |`);
   console.log(`| curl → waypost CONNECT → nginx (TLS) | ${t.toFixed(0)} | ${(t / d).toFixed(2)} |`);
+  if (values.floor) {
+    const f = median(floor);
+    console.log(
+      `| curl → minimal Deno relay (bench/tunnel_floor.ts) → nginx | ${f.toFixed(0)} | ${(f / d).toFixed(2)} |`,
+    );
+  }
   console.log(`\nproxy peak RSS: ${hwm.toFixed(1)} MiB; 1 GiB per download; ${PINNING ? "pinned" : "not pinned"}`);
 } finally {
   for (const child of children) {
