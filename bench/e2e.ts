@@ -11,7 +11,7 @@
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
+import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -99,7 +99,7 @@ const oursPort = freePort();
 const ours = spawn(0, Deno.execPath(), [
   "run",
   "--allow-net",
-  "--v8-flags=--max-semi-space-size=2",
+  ...RUN_FLAGS,
   new URL("../main.ts", import.meta.url).pathname,
   "--port",
   String(oursPort),

@@ -15,7 +15,7 @@
  * Needs nginx and wrk; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
+import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -129,7 +129,7 @@ try {
     // Odd rounds run the variants in order, even rounds in reverse: no variant always goes first.
     for (const v of round % 2 === 1 ? variants : [...variants].reverse()) {
       const port = freePort();
-      const args = ["run", "--allow-net", "--allow-read", "--v8-flags=--max-semi-space-size=2", v.main];
+      const args = ["run", "--allow-net", "--allow-read", ...RUN_FLAGS, v.main];
       args.push("--port", String(port), "--log-level", "error", "--max-connections-per-client", "4096");
       args.push(...v.args);
       const [c, a] = pinned(0, Deno.execPath(), args);

@@ -6,25 +6,24 @@
  * = growth / N. Several rounds, medians; beside waypost the runtime's floor
  * (bench/floor_idle.ts: a pending one-byte read per connection and nothing else).
  *
- *   deno task bench:idle [--conns 2000] [--rounds 3] [--v8-flags --max-semi-space-size=2,--single-threaded]
+ *   deno task bench:idle [--conns 2000] [--rounds 3]
+ *
+ * Both run with the README's runtime flags (bench/util.ts RUN_FLAGS).
  *
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, waitForPort } from "./util.ts";
+import { freePort, RUN_FLAGS, waitForPort } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     conns: { type: "string", default: "2000" },
     rounds: { type: "string", default: "3" },
-    "v8-flags": { type: "string", default: "--max-semi-space-size=2,--single-threaded" },
   },
 });
 const CONNS = Number(values.conns);
 const ROUNDS = Number(values.rounds);
-/** V8 flags of both targets (default: the README's). */
-const V8_FLAGS = values["v8-flags"];
 const here = (path: string) => new URL(path, import.meta.url).pathname;
 
 /** The README's command line (flags the harness run uses too). */
@@ -35,7 +34,7 @@ const targets: { name: string; args: (port: number) => string[]; proxy: boolean 
     args: (port) => [
       "run",
       "--allow-net",
-      `--v8-flags=${V8_FLAGS}`,
+      ...RUN_FLAGS,
       here("../main.ts"),
       "--port",
       String(port),
@@ -55,7 +54,7 @@ const targets: { name: string; args: (port: number) => string[]; proxy: boolean 
     ) => [
       "run",
       "--allow-net",
-      `--v8-flags=${V8_FLAGS}`,
+      ...RUN_FLAGS,
       here("floor_idle.ts"),
       String(port),
     ],

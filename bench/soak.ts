@@ -8,6 +8,7 @@
  * Fresh phase: `--fresh` requests, each on a new connection (`Connection: close`).
  */
 import { parseArgs } from "node:util";
+import { RUN_FLAGS } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,7 +36,7 @@ const proxy = new Deno.Command(Deno.execPath(), {
   args: [
     "run",
     "--allow-net",
-    "--v8-flags=--max-semi-space-size=2",
+    ...RUN_FLAGS,
     new URL("../main.ts", import.meta.url).pathname,
     "--port",
     "0",

@@ -7,6 +7,7 @@
  *   deno run -A bench/tunnel.ts [--bytes 1073741824] [--rounds 3]
  */
 import { parseArgs } from "node:util";
+import { RUN_FLAGS } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -48,7 +49,7 @@ const proxy = new Deno.Command(values.pin ? "taskset" : Deno.execPath(), {
     ...(values.pin ? ["-c", "0", Deno.execPath()] : []),
     "run",
     "--allow-net",
-    "--v8-flags=--max-semi-space-size=2",
+    ...RUN_FLAGS,
     new URL("../main.ts", import.meta.url).pathname,
     "--port",
     "0",

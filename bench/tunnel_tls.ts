@@ -12,7 +12,7 @@
  * Needs nginx and curl (Debian: apt-get install nginx curl). Loopback only.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, waitForPort, which } from "./util.ts";
+import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -57,7 +57,7 @@ const proxyPort = freePort();
 const proxy = spawn(0, Deno.execPath(), [
   "run",
   "--allow-net",
-  "--v8-flags=--max-semi-space-size=2",
+  ...RUN_FLAGS,
   new URL("../main.ts", import.meta.url).pathname,
   "--port",
   String(proxyPort),

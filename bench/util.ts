@@ -19,6 +19,12 @@ export function which(name: string): string | null {
 
 const TASKSET = which("taskset");
 
+/** The runtime flags of the README's command line (deno.json "start"): every runner starts the proxy with them. */
+export const RUN_FLAGS: readonly string[] = [
+  "--no-code-cache",
+  "--v8-flags=--max-semi-space-size=2,--single-threaded,--no-allocation-site-pretenuring",
+];
+
 /** Whether commands are pinned to CPUs (taskset is installed). */
 export const PINNING: boolean = TASKSET !== null;
 
