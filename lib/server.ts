@@ -219,7 +219,11 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
     session.done = serveClient(h, session).then(
       () => endSession(session, address),
       (error) => {
-        logger.log("error", "session-crashed", { error: describe(error) });
+        try {
+          logger.log("error", "session-crashed", { error: describe(error) });
+        } catch {
+          // A logger that throws must not keep the connection open.
+        }
         return endSession(session, address);
       },
     );

@@ -439,3 +439,60 @@ Deno.test("HTTP/1.0 clients: a body of unknown length is read ahead, so a trunca
     });
   }
 });
+
+// ---- Waiting in slots (issue 14): a slot's bytes are a message's first bytes, handed on at once ----
+
+/** A request of exactly `size` bytes (padded in a field value). */
+function requestOfSize(url: string, authority: string, size: number): string {
+  const start = `GET ${url} HTTP/1.1\r\nHost: ${authority}\r\nX-Pad: `;
+  const request = start + "a".repeat(size - start.length - 4) + "\r\n\r\n";
+  assert.equal(request.length, size);
+  return request;
+}
+
+Deno.test("a kept-alive request of exactly the idle slot's size (512 bytes) is answered, after a wait and back to back", async () => {
+  await using origin = startOrigin(serve(() => ok("hi")));
+  await using proxy = startTestProxy({ idleTimeoutMs: 5_000 });
+  for (const size of [511, 512, 513]) {
+    await using client = await proxy.connect(3_000);
+    await client.write(requestOfSize(origin.url("/"), origin.authority, 200));
+    assert.equal((await client.response()).status, 200);
+    await new Promise((r) => setTimeout(r, 30)); // the proxy now waits in its slot
+    await client.write(requestOfSize(origin.url("/"), origin.authority, size));
+    const second = await client.response();
+    assert.equal(second.status, 200, `second request of ${size} bytes`);
+    // Back to back: the read started while the response was sent (the prefetch path).
+    await client.write(requestOfSize(origin.url("/"), origin.authority, size));
+    assert.equal((await client.response()).status, 200, `third request of ${size} bytes`);
+  }
+});
+
+Deno.test("a head that starts in a slot gets the head timeout and its 408: one byte on a fresh connection, 512 on a kept-alive one", async () => {
+  await using origin = startOrigin(serve(() => ok("hi")));
+  const records: number[] = [];
+  await using proxy = startTestProxy({
+    headerTimeoutMs: 300,
+    idleTimeoutMs: 5_000,
+    hooks: { onExchangeEnd: (r) => void records.push(r.status) },
+  });
+  {
+    await using client = await proxy.connect(3_000);
+    const started = performance.now();
+    await client.write("G");
+    const res = await client.response();
+    assert.equal(res.status, 408);
+    assert.ok(performance.now() - started < 2_000, "the head timeout, not the idle one");
+  }
+  {
+    await using client = await proxy.connect(3_000);
+    await client.write(requestOfSize(origin.url("/"), origin.authority, 200));
+    assert.equal((await client.response()).status, 200);
+    await new Promise((r) => setTimeout(r, 30));
+    const started = performance.now();
+    await client.write(requestOfSize(origin.url("/"), origin.authority, 600).slice(0, 512)); // an unfinished head
+    const res = await client.response();
+    assert.equal(res.status, 408);
+    assert.ok(performance.now() - started < 2_000, "the head timeout, not the idle one");
+  }
+  assert.deepEqual(records.filter((s) => s === 408).length, 2);
+});
