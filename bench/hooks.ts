@@ -5,7 +5,8 @@
  * interleaved over several rounds (the order reversed every other round), and the medians of requests per second and
  * per proxy CPU-second are compared with the hook-free run of the same round.
  * Two more variants run the built-in access log (json and squid lines, to stdout,
- * which is /dev/null here): its cost against logging off.
+ * which is /dev/null here): its cost against logging off. Peak RSS is the proxy's
+ * VmHWM at the end of each run (warm-up included), median over the rounds.
  *
  *   deno task bench:hooks [--rounds 5] [--duration 5] [--connections 50] [--baseline DIR] [--only log,headers]
  *
@@ -122,7 +123,13 @@ const nginx = new Deno.Command(...(() => {
   const [c, a] = pinned(1, NGINX, ["-c", `${tmp}/nginx.conf`]);
   return [c, { args: a, stdout: "null", stderr: "null" }] as const;
 })()).spawn();
-const results = new Map<string, { rps: number[]; perCpu: number[]; bad: number }>();
+const results = new Map<string, { rps: number[]; perCpu: number[]; peakMiB: number[]; bad: number }>();
+
+/** The process's peak resident memory so far (VmHWM), in MiB. */
+function peakRssMiB(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
 try {
   await waitForPort(originPort);
   for (let round = 1; round <= ROUNDS; round++) {
@@ -140,9 +147,10 @@ try {
         const cpu0 = cpuSeconds(proxy.pid);
         const r = await wrk(port, DURATION);
         const cpu = cpuSeconds(proxy.pid) - cpu0;
-        const entry = results.get(v.name) ?? { rps: [], perCpu: [], bad: 0 };
+        const entry = results.get(v.name) ?? { rps: [], perCpu: [], peakMiB: [], bad: 0 };
         entry.rps.push(r.good / DURATION);
         entry.perCpu.push(r.good / cpu);
+        entry.peakMiB.push(peakRssMiB(proxy.pid));
         entry.bad += r.bad;
         results.set(v.name, entry);
         console.error(
@@ -167,13 +175,13 @@ console.log(
     PINNING ? "proxy pinned to CPU 0" : "not pinned"
   }; medians, ratio to "no hooks":\n`,
 );
-console.log("| variant | req/s | req per proxy CPU-s | ratio (per CPU-s) | invalid |");
-console.log("| --- | --- | --- | --- | --- |");
+console.log("| variant | req/s | req per proxy CPU-s | ratio (per CPU-s) | peak RSS MiB | invalid |");
+console.log("| --- | --- | --- | --- | --- | --- |");
 for (const [name, r] of results) {
   const perCpu = median(r.perCpu);
   console.log(
     `| ${name} | ${Math.round(median(r.rps)).toLocaleString("en")} | ${Math.round(perCpu).toLocaleString("en")} | ${
       (perCpu / median(ref.perCpu)).toFixed(3)
-    } | ${r.bad} |`,
+    } | ${median(r.peakMiB).toFixed(1)} | ${r.bad} |`,
   );
 }
