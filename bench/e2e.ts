@@ -11,7 +11,7 @@
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
+import { cpuSeconds, freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -132,11 +132,6 @@ if (SQUID && Deno.uid?.() !== 0) {
   targets.push({ name: "squid", port, pid: child.pid });
 } else if (SQUID) {
   console.error("squid found but skipped: it refuses to run as root without a cache user setup");
-}
-
-function cpuSeconds(pid: number): number {
-  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime in clock ticks
 }
 
 async function load(target: Target, path: string, file: string) {

@@ -16,7 +16,7 @@
  * Needs nginx and wrk; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
+import { cpuSeconds, freePort, pinned, PINNING, procStatusKiB, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -94,11 +94,6 @@ end
 `,
 );
 
-function cpuSeconds(pid: number): number {
-  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
 async function wrk(port: number, seconds: number): Promise<{ good: number; bad: number }> {
   const [c, a] = pinned(1, WRK!, [
     "-t1",
@@ -125,11 +120,6 @@ const nginx = new Deno.Command(...(() => {
 })()).spawn();
 const results = new Map<string, { rps: number[]; perCpu: number[]; peakMiB: number[]; bad: number }>();
 
-/** The process's peak resident memory so far (VmHWM), in MiB. */
-function peakRssMiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
-}
 try {
   await waitForPort(originPort);
   for (let round = 1; round <= ROUNDS; round++) {
@@ -150,7 +140,7 @@ try {
         const entry = results.get(v.name) ?? { rps: [], perCpu: [], peakMiB: [], bad: 0 };
         entry.rps.push(r.good / DURATION);
         entry.perCpu.push(r.good / cpu);
-        entry.peakMiB.push(peakRssMiB(proxy.pid));
+        entry.peakMiB.push(procStatusKiB(proxy.pid, "VmHWM") / 1024);
         entry.bad += r.bad;
         results.set(v.name, entry);
         console.error(

@@ -13,7 +13,7 @@
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, RUN_FLAGS, waitForPort } from "./util.ts";
+import { freePort, procStatusKiB, RUN_FLAGS, waitForPort } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -61,11 +61,6 @@ const targets: { name: string; args: (port: number) => string[]; proxy: boolean 
   },
 ];
 
-function rssKiB(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]);
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]) => xs.toSorted((a, b) => a - b)[xs.length >> 1];
 
@@ -99,7 +94,7 @@ async function measure(target: typeof targets[number], keepAlive: boolean): Prom
     await waitForPort(port);
     await sleep(500);
     const before: number[] = [];
-    for (let i = 0; i < 3; i++, await sleep(200)) before.push(rssKiB(child.pid));
+    for (let i = 0; i < 3; i++, await sleep(200)) before.push(procStatusKiB(child.pid, "VmRSS"));
     const request = new TextEncoder().encode(
       `GET ${
         target.proxy ? `http://127.0.0.1:${originPort}` : ""
@@ -116,7 +111,7 @@ async function measure(target: typeof targets[number], keepAlive: boolean): Prom
     // Settled: five samples 250 ms apart within 64 KiB (as the harness waits), at most 8 s.
     const samples: number[] = [];
     for (let i = 0; i < 32; i++) {
-      samples.push(rssKiB(child.pid));
+      samples.push(procStatusKiB(child.pid, "VmRSS"));
       const last = samples.slice(-5);
       if (last.length === 5 && Math.max(...last) - Math.min(...last) <= 64) break;
       await sleep(250);

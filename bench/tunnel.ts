@@ -7,7 +7,7 @@
  *   deno run -A bench/tunnel.ts [--bytes 1073741824] [--rounds 3]
  */
 import { parseArgs } from "node:util";
-import { RUN_FLAGS } from "./util.ts";
+import { procStatusKiB, RUN_FLAGS } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -111,10 +111,7 @@ async function tunnel(): Promise<number> {
   return TOTAL / dt / 1000;
 }
 
-function hwm(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return Number(/VmHWM:\s+(\d+)/.exec(status)![1]) / 1024;
-}
+const hwm = (pid: number) => procStatusKiB(pid, "VmHWM") / 1024;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const d: number[] = [];

@@ -12,7 +12,7 @@
  * Needs nginx and curl (Debian: apt-get install nginx curl). Loopback only.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, RUN_FLAGS, waitForPort, which } from "./util.ts";
+import { freePort, pinned, PINNING, procStatusKiB, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -109,7 +109,7 @@ try {
     tunnel.push(await download(proxyPort));
     if (values.floor) floor.push(await download(floorPort));
   }
-  const hwm = Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync(`/proc/${proxy.pid}/status`))![1]) / 1024;
+  const hwm = procStatusKiB(proxy.pid, "VmHWM") / 1024;
   const d = median(direct);
   const t = median(tunnel);
   console.log(`| path | MB/s (median of ${ROUNDS}) | ratio to direct |`);

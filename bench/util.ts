@@ -53,3 +53,15 @@ export async function waitForPort(port: number): Promise<void> {
   }
   throw new Error(`nothing listens on ${port}`);
 }
+
+/** A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`: resident memory now, and its peak). */
+export function procStatusKiB(pid: number, field: "VmRSS" | "VmHWM"): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]);
+}
+
+/** The user + system CPU time a process has used, in seconds (`/proc/PID/stat`, 100 ticks per second). */
+export function cpuSeconds(pid: number): number {
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}

@@ -5,6 +5,17 @@
  * @module
  */
 
+/** Bytes the HTTP/1.1 grammar names (RFC 9112 §2.1, §5). */
+export const CR = 13;
+/** Line feed. */
+export const LF = 10;
+/** Space. */
+export const SP = 32;
+/** Horizontal tab. */
+export const HTAB = 9;
+/** The field-name / field-value separator. */
+export const COLON = 58;
+
 function table(chars: string, ranges: Array<[number, number]> = []): Uint8Array {
   const t = new Uint8Array(256);
   for (let i = 0; i < chars.length; i++) t[chars.charCodeAt(i)] = 1;

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { HEX_VALUE, TOKEN } from "./ascii.ts";
+import { CR, HEX_VALUE, LF, TOKEN } from "./ascii.ts";
 import { ParseError } from "./errors.ts";
 import type { Field } from "./fields.ts";
 import { DEFAULT_HEAD_LIMITS, type HeadLimits, HeadParser } from "./head.ts";
@@ -42,9 +42,6 @@ const enum State {
   Trailer,
   Done,
 }
-
-const CR = 13;
-const LF = 10;
 
 /**
  * Decodes a chunked body incrementally. Call {@link ChunkedDecoder.step} with

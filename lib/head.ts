@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { FIELD_VALUE, latin1, TARGET, TOKEN } from "./ascii.ts";
+import { COLON, CR, FIELD_VALUE, HTAB, latin1, LF, SP, TARGET, TOKEN } from "./ascii.ts";
 import { HeadTooLargeError, ParseError, UriTooLongError, VersionNotSupportedError } from "./errors.ts";
 import type { Field } from "./fields.ts";
 
@@ -58,11 +58,6 @@ export interface ResponseHead {
 /** Which kind of head a {@link HeadParser} reads. */
 export type HeadKind = "request" | "response" | "trailer" | "response-trailer";
 
-const CR = 13;
-const LF = 10;
-const SP = 32;
-const HTAB = 9;
-const COLON = 58;
 /** RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line. */
 const MAX_LEADING_EMPTY_LINES = 8;
 

@@ -25,6 +25,7 @@
  *
  * @module
  */
+import { CR, LF } from "./ascii.ts";
 import { ProxyError } from "./errors.ts";
 
 /** A source or destination address carried by the header. */
@@ -129,8 +130,6 @@ export class ProxyProtocolError extends ProxyError {
   }
 }
 
-const CR = 0x0d;
-const LF = 0x0a;
 const LETTER_T = 0x54;
 const LETTER_U = 0x55;
 const DIGIT_4 = 0x34;

@@ -41,6 +41,11 @@ function takeSlot(size: number): Uint8Array {
   return list.pop()!;
 }
 
+/** Gives a slot back once the read into it has settled. */
+function giveSlot(slot: Uint8Array): void {
+  SLOTS.get(slot.length)!.push(slot);
+}
+
 /**
  * The slot a fresh connection waits in: one byte (a connection that never sends
  * costs no buffer; one more read when it does).
@@ -188,22 +193,23 @@ export class ConnReader {
    * much and be waiting for an answer (the caller's next read takes what follows).
    */
   #slotLanded(slot: Uint8Array, n: number | null): number | null {
-    SLOTS.get(slot.length)!.push(slot);
+    giveSlot(slot);
     if (n === null) return null;
     (this.#buf = this.#smallBuffer()).set(n === slot.length ? slot : slot.subarray(0, n));
     return n;
   }
 
   #slotFailed(slot: Uint8Array, error: unknown): never {
-    SLOTS.get(slot.length)!.push(slot);
+    giveSlot(slot);
     return this.#failed(error);
   }
 
   /** A wait in a slot, for {@link prefetch}: resolves to the count of bytes in `#buf`. */
   #slotRead(): Promise<number | null> {
     const slot = this.#slotStart();
+    // A failure stays in flight until next() takes it (it clears the flag then).
     return this.#conn.read(slot).then((n) => this.#slotLanded(slot, n), (error) => {
-      SLOTS.get(slot.length)!.push(slot);
+      giveSlot(slot);
       throw error;
     });
   }

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { COLON, CR, LF, SP } from "./ascii.ts";
 import type { Field } from "./fields.ts";
 
 /**
@@ -42,11 +43,6 @@ export function serializeHead(
   if (body) out.set(body, size);
   return out.length === total ? out : out.subarray(0, total);
 }
-
-const CR = 13;
-const LF = 10;
-const COLON = 58;
-const SP = 32;
 
 /** Writes `text` as latin-1 (one byte per char) at `at`; returns the index after it. */
 function put(out: Uint8Array, at: number, text: string): number {

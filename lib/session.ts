@@ -149,15 +149,18 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     try {
       // The wait for a request happens in this frame (an idle connection holds no more);
       // a head that arrives whole is parsed without another await.
-      let chunk: Uint8Array | null;
       try {
-        chunk = await awaitRequest(host, s, first);
-      } catch (error) {
-        s.waitingHead = false;
-        throw s.timedOut ? TIMEOUT : error;
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await awaitRequest(host, s, first);
+        } catch (error) {
+          throw s.timedOut ? TIMEOUT : error;
+        }
+        const got = takeHead(host, s, first, chunk);
+        head = got instanceof HeadParser ? await readHeadRest(s, got) : got;
+      } finally {
+        s.waitingHead = false; // the head stage is over, however it ended
       }
-      const got = takeHead(host, s, first, chunk);
-      head = got instanceof HeadParser ? await readHeadRest(s, got) : got;
     } catch (error) {
       if (error === TIMEOUT) {
         if (s.timeoutAnswer !== null) await s.timeoutAnswer;
@@ -284,49 +287,34 @@ function takeHead(
   first: boolean,
   chunk: Uint8Array | null,
 ): RequestHead | HeadParser | null {
-  if (s.timedOut || chunk === null) {
-    s.waitingHead = false;
-    if (s.timedOut) throw TIMEOUT;
-    return null;
-  }
+  if (s.timedOut) throw TIMEOUT;
+  if (chunk === null) return null;
   s.headStarted = true;
   if (s.draft.timed) s.draft.startedAt = performance.now(); // the exchange's timings start here
   if (!first) s.deadline = deadlineIn(host.headerTimeoutMs, host.ctx.tickMs);
   const parser = new HeadParser("request", host.limits);
-  let used: number;
-  try {
-    used = parser.push(chunk);
-  } catch (error) {
-    s.waitingHead = false;
-    throw error;
-  }
+  const used = parser.push(chunk);
   if (!parser.complete) return parser;
-  s.waitingHead = false;
   s.reader.unread(chunk.length - used);
   return parser.requestHead();
 }
 
 /** The rest of a head that did not arrive in one chunk. */
 async function readHeadRest(s: Session, parser: HeadParser): Promise<RequestHead> {
-  try {
-    while (true) {
-      let chunk: Uint8Array | null;
-      try {
-        chunk = await s.reader.next();
-      } catch (error) {
-        if (s.timedOut) throw TIMEOUT;
-        throw error;
-      }
-      if (s.timedOut) throw TIMEOUT;
-      if (chunk === null) throw new PrematureEofError("Connection closed before the head was complete");
-      const used = parser.push(chunk);
-      if (parser.complete) {
-        s.reader.unread(chunk.length - used);
-        return parser.requestHead();
-      }
+  while (true) {
+    let chunk: Uint8Array | null;
+    try {
+      chunk = await s.reader.next();
+    } catch (error) {
+      throw s.timedOut ? TIMEOUT : error;
     }
-  } finally {
-    s.waitingHead = false;
+    if (s.timedOut) throw TIMEOUT;
+    if (chunk === null) throw new PrematureEofError("Connection closed before the head was complete");
+    const used = parser.push(chunk);
+    if (parser.complete) {
+      s.reader.unread(chunk.length - used);
+      return parser.requestHead();
+    }
   }
 }
 
