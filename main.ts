@@ -1,5 +1,5 @@
 /**
- * The command-line interface: flags → options → {@link startProxy}; signals
+ * The command-line interface: flags -> options -> {@link startProxy}; signals
  * and exit codes. Exit 0 after a graceful stop, 2 for bad flags, 1 when the
  * proxy cannot start.
  *

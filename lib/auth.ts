@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
+import { sha256 } from "./sha256.ts";
 
 /** The challenge sent with a 407 (RFC 7617 §2: realm, and the charset the proxy decodes credentials with). */
 export function basicChallenge(realm: string): string {
@@ -21,7 +21,7 @@ export function basicChallenge(realm: string): string {
 const encoder = new TextEncoder();
 
 function digest(text: string): Uint8Array {
-  return createHash("sha256").update(encoder.encode(text)).digest();
+  return sha256(encoder.encode(text));
 }
 
 /** Whether text holds a control character (CR, LF, NUL, DEL, ...). */

@@ -9,7 +9,6 @@
  *
  * @module
  */
-import { lookup } from "node:dns/promises";
 import { type IpBytes, parseIp } from "./cidr.ts";
 import { ForbiddenError, UpstreamError, UpstreamTimeoutError } from "./errors.ts";
 import {
@@ -21,6 +20,10 @@ import {
   type Verdict,
   verdictBeforeLookup,
 } from "./rules.ts";
+
+// Loaded at the first lookup: node:dns brings in part of the Node compatibility layer
+// (resident memory), and most processes never look a name up (see docs/performance.md).
+let dnsModule: Promise<typeof import("node:dns/promises")> | undefined;
 
 function refused(verdict: Verdict, host: string, port: number): ForbiddenError {
   const code = verdict.type === "destination_ip_prohibited" ? "destination-ip-prohibited" : "destination-denied";
@@ -109,6 +112,7 @@ async function resolveChecked(
         );
       }
     });
+    const { lookup } = await (dnsModule ??= import("node:dns/promises"));
     found = await Promise.race([lookup(host, { all: true, verbatim: true }), expired]);
   } catch (error) {
     if (error instanceof UpstreamTimeoutError) throw error;

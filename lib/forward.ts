@@ -1,7 +1,7 @@
 /**
  * One absolute-form exchange (RFC 9110 §7.6, RFC 9112), as stages in order:
  * request policy (built-in checks, then the user's `onRequest`), route
- * (destination → pooled or new connection), send (head, then the body
+ * (destination -> pooled or new connection), send (head, then the body
  * streaming while the response is awaited), response head (1xx, 101, the
  * user's `onResponse`), body relay, and settle (pool, pin or close). The
  * CONNECT and Upgrade relays are in connect.ts, local answers in local.ts.
@@ -272,7 +272,7 @@ function finishRequestFields(hreq: HookRequest, keep: ReadonlySet<string> | unde
 }
 
 /**
- * Stages: the request body's framing, route (destination → pinned, pooled or
+ * Stages: the request body's framing, route (destination -> pinned, pooled or
  * new connection) and send, with one retry on a fresh connection when a pooled
  * one turns out stale.
  */

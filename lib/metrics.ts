@@ -89,7 +89,7 @@ const CODE_NONE = CODE_CLASS + 5;
 const CODE_OTHER = CODE_CLASS + 6;
 const CODES = [...EXACT_STATUSES.map(String), "1xx", "2xx", "3xx", "4xx", "5xx", "none", "other"];
 
-/** Status (100-599) → code label index. */
+/** Status (100-599) -> code label index. */
 const CODE_OF_STATUS = (() => {
   const table = new Uint8Array(600);
   for (let s = 100; s < 600; s++) table[s] = CODE_CLASS + Math.floor(s / 100) - 1;
@@ -314,7 +314,7 @@ export class Metrics {
   #bytesSent = 0;
   #upstreamConnects = 0;
   #upstreamReuses = 0;
-  /** Error code → index in #errors (at most MAX_ERROR_CODES entries; `other` is the last slot). */
+  /** Error code -> index in #errors (at most MAX_ERROR_CODES entries; `other` is the last slot). */
   readonly #errorIndex = new Map<string, number>();
   readonly #errorCodes: string[] = [];
   readonly #errors = new Float64Array(MAX_ERROR_CODES + 1);

@@ -17,9 +17,9 @@ export type TunnelEnd = "closed" | "reset" | "idle-timeout" | "aborted";
 export interface TunnelStats {
   /** `host:port` of the origin. */
   target: string;
-  /** Bytes relayed client → origin (including early data). */
+  /** Bytes relayed client -> origin (including early data). */
   bytesUp: number;
-  /** Bytes relayed origin → client. */
+  /** Bytes relayed origin -> client. */
   bytesDown: number;
   /** Milliseconds from the start of the relay to its end. */
   durationMs: number;

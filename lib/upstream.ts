@@ -49,8 +49,8 @@ interface Idle {
 }
 
 /**
- * Opens a TCP connection, classifying failures: refused or unresolvable → 502
- * ({@link UpstreamError}), no connection within `timeoutMs` → 504
+ * Opens a TCP connection, classifying failures: refused or unresolvable -> 502
+ * ({@link UpstreamError}), no connection within `timeoutMs` -> 504
  * ({@link UpstreamTimeoutError}).
  */
 export async function connectUpstream(hostname: string, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
