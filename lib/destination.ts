@@ -21,9 +21,23 @@ import {
   verdictBeforeLookup,
 } from "./rules.ts";
 
-// Loaded at the first lookup: node:dns brings in part of the Node compatibility layer
-// (resident memory), and most processes never look a name up (see docs/performance.md).
+// node:dns brings in part of the Node compatibility layer (resident memory, and about 50 ms
+// of the thread to load): it is loaded only by a process whose policy looks names up, when
+// the policy is set (prepareResolver), not during its first request (see docs/performance.md).
 let dnsModule: Promise<typeof import("node:dns/promises")> | undefined;
+
+/** The resolver module, loaded once (a failed load is tried again next time). */
+function dns(): Promise<typeof import("node:dns/promises")> {
+  return dnsModule ??= import("node:dns/promises").catch((error) => {
+    dnsModule = undefined;
+    throw error;
+  });
+}
+
+/** Starts loading the resolver when `policy` will look names up (no-op otherwise, or when loaded). */
+export function prepareResolver(policy: DestinationPolicy): void {
+  if (needsAddresses(policy)) dns().catch(() => {}); // a failure shows at the lookup that needs it
+}
 
 function refused(verdict: Verdict, host: string, port: number): ForbiddenError {
   const code = verdict.type === "destination_ip_prohibited" ? "destination-ip-prohibited" : "destination-denied";
@@ -112,8 +126,9 @@ async function resolveChecked(
         );
       }
     });
-    const { lookup } = await (dnsModule ??= import("node:dns/promises"));
-    found = await Promise.race([lookup(host, { all: true, verbatim: true }), expired]);
+    // Loading the module is inside the race too: the timeout bounds the whole wait.
+    const lookup = dns().then((m) => m.lookup(host, { all: true, verbatim: true }));
+    found = await Promise.race([lookup, expired]);
   } catch (error) {
     if (error instanceof UpstreamTimeoutError) throw error;
     throw new UpstreamError(`Cannot resolve ${host}`, "upstream-unresolvable", error);

@@ -22,6 +22,7 @@ import { ProxyProtocolError, readProxyHeader } from "./proxy_protocol.ts";
 import { basicChallenge, Credentials, FailureDelay } from "./auth.ts";
 import { parseNoProxy, parseParentProxy } from "./parent.ts";
 import { type DestinationPolicy, listensBeyondLoopback, parseHostRule } from "./rules.ts";
+import { prepareResolver } from "./destination.ts";
 import type { ProxyHooks } from "./hooks.ts";
 import { Metrics, RecentExchanges } from "./metrics.ts";
 import type { PageState } from "./pages.ts";
@@ -401,6 +402,7 @@ function exchangeContext(
     blockPrivate: !opts.allowPrivate && listensBeyondLoopback(opts.hostname),
     defaultAllow: opts.hostDefault === "allow",
   };
+  prepareResolver(destinations);
   pages.name = opts.via;
   const hookTimeoutMs = hooks !== null ? opts.hookTimeoutMs : 0;
   return {
