@@ -9,10 +9,14 @@
  * VmHWM at the end of each run (warm-up included), median over the rounds.
  *
  *   deno task bench:hooks [--rounds 5] [--duration 5] [--connections 50] [--baseline DIR] [--only log,headers]
+ *     [--runtime-flags="--no-code-cache --v8-flags=..."]
  *
  * --baseline DIR: also run DIR/main.ts (another checkout, e.g. `git worktree add
  * /tmp/before <commit>`) as the variant "baseline" (the figures the hook-free
  * path must stay within 3% of).
+ * --runtime-flags FLAGS: also run this main.ts with FLAGS (space-separated Deno
+ * flags) instead of the README's runtime flags, as the variant "runtime flags":
+ * how another V8 configuration compares, in the same rounds.
  * Needs nginx and wrk; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
@@ -26,6 +30,7 @@ const { values } = parseArgs({
     connections: { type: "string", default: "50" },
     baseline: { type: "string" },
     only: { type: "string" },
+    "runtime-flags": { type: "string" },
   },
 });
 const ROUNDS = Number(values.rounds);
@@ -41,12 +46,15 @@ if (!NGINX || !WRK) {
 const here = (path: string) => new URL(path, import.meta.url).pathname;
 const main = here("../main.ts");
 const OFF = ["--log-format", "none"];
-const variants: { name: string; main: string; args: string[] }[] = [
+const variants: { name: string; main: string; args: string[]; flags?: string[] }[] = [
   // The baseline gets OFF too: an older main.ts with the access log logs json to stdout by default.
   ...(values.baseline ? [{ name: "baseline", main: `${values.baseline}/main.ts`, args: OFF }] : []),
   { name: "no hooks", main, args: OFF },
   // Metrics are counted by default ("no hooks" has them): their cost is "no hooks" against this one.
   { name: "no metrics", main, args: [...OFF, "--no-metrics"] },
+  ...(values["runtime-flags"]
+    ? [{ name: "runtime flags", main, args: OFF, flags: values["runtime-flags"].split(/\s+/).filter(Boolean) }]
+    : []),
   { name: "sync no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/noop.ts")] },
   { name: "headers touched", main, args: [...OFF, "--hooks", here("hooks/headers.ts")] },
   { name: "async no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/async_noop.ts")] },
@@ -54,7 +62,7 @@ const variants: { name: string; main: string; args: string[] }[] = [
   { name: "access log json", main, args: ["--log-format", "json"] },
   { name: "access log squid", main, args: ["--log-format", "squid"] },
 ].filter((v) =>
-  !values.only || v.name === "no hooks" || v.name === "baseline" ||
+  !values.only || v.name === "no hooks" || v.name === "baseline" || v.name === "runtime flags" ||
   values.only.split(",").some((s) => v.name.includes(s))
 );
 
@@ -126,7 +134,7 @@ try {
     // Odd rounds run the variants in order, even rounds in reverse: no variant always goes first.
     for (const v of round % 2 === 1 ? variants : [...variants].reverse()) {
       const port = freePort();
-      const args = ["run", "--allow-net", "--allow-read", ...RUN_FLAGS, v.main];
+      const args = ["run", "--allow-net", "--allow-read", ...(v.flags ?? RUN_FLAGS), v.main];
       args.push("--port", String(port), "--log-level", "error", "--max-connections-per-client", "4096");
       args.push(...v.args);
       const [c, a] = pinned(0, Deno.execPath(), args);
