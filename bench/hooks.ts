@@ -14,7 +14,7 @@
  * --baseline DIR: also run DIR/main.ts (another checkout, e.g. `git worktree add
  * /tmp/before <commit>`) as the variant "baseline" (the figures the hook-free
  * path must stay within 3% of).
- * --runtime-flags FLAGS: also run this main.ts with FLAGS (space-separated Deno
+ * --runtime-flags=FLAGS: also run this main.ts with FLAGS (space-separated Deno
  * flags) instead of the README's runtime flags, as the variant "runtime flags":
  * how another V8 configuration compares, in the same rounds.
  * Needs nginx and wrk; loopback only; every process started is stopped by its PID.
@@ -52,7 +52,7 @@ const variants: { name: string; main: string; args: string[]; flags?: string[] }
   { name: "no hooks", main, args: OFF },
   // Metrics are counted by default ("no hooks" has them): their cost is "no hooks" against this one.
   { name: "no metrics", main, args: [...OFF, "--no-metrics"] },
-  ...(values["runtime-flags"]
+  ...(values["runtime-flags"] !== undefined
     ? [{ name: "runtime flags", main, args: OFF, flags: values["runtime-flags"].split(/\s+/).filter(Boolean) }]
     : []),
   { name: "sync no-op onRequest + onResponse", main, args: [...OFF, "--hooks", here("hooks/noop.ts")] },
@@ -173,6 +173,9 @@ console.log(
     PINNING ? "proxy pinned to CPU 0" : "not pinned"
   }; medians, ratio to "no hooks":\n`,
 );
+console.log(`Runtime flags: ${RUN_FLAGS.join(" ")}`);
+if (values["runtime-flags"] !== undefined) console.log(`"runtime flags": ${values["runtime-flags"] || "(none)"}`);
+console.log("");
 console.log("| variant | req/s | req per proxy CPU-s | ratio (per CPU-s) | peak RSS MiB | invalid |");
 console.log("| --- | --- | --- | --- | --- | --- |");
 for (const [name, r] of results) {

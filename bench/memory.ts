@@ -7,11 +7,16 @@
  * binary's pages, anonymous memory (the V8 heap, stacks), the malloc heap and
  * the rest (`/proc/PID/smaps`), and V8's own figures from `/metrics`.
  *
- *   deno task bench:memory [--rounds 3] [--runtime-flags="--no-code-cache --v8-flags=..."] [--ceiling]
+ *   deno task bench:memory [--rounds 3] [--runtime-flags="--no-code-cache --v8-flags=..."] [--ceiling] [--gauges]
  *
- * --runtime-flags: Deno flags instead of the README's (bench/util.ts RUN_FLAGS).
+ * --runtime-flags=FLAGS: Deno flags instead of the README's (bench/util.ts RUN_FLAGS).
  * --ceiling: measure bench/ceiling.ts (the throwaway forwarder) instead; it has
  * no CONNECT and no /metrics, so those stages show nothing of it.
+ * --gauges: also read V8's heap figures from /metrics after each stage. Off by
+ * default: the harness never asks for /metrics, and the first request loads the
+ * page code (about 3 MiB), which would be counted in every figure after it.
+ * "malloc [heap]" is the main malloc arena only; other threads' arenas and large
+ * allocations are anonymous mappings.
  * Needs nginx, wrk and curl; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
@@ -23,9 +28,14 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "3" },
     "runtime-flags": { type: "string" },
     ceiling: { type: "boolean", default: false },
+    gauges: { type: "boolean", default: false },
   },
 });
 const ROUNDS = Number(values.rounds);
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
+  console.error(`--rounds must be a positive integer, not ${values.rounds}`);
+  Deno.exit(2);
+}
 const FLAGS = values["runtime-flags"]?.split(/\s+/).filter(Boolean) ?? [...RUN_FLAGS];
 const NGINX = which("nginx"), WRK = which("wrk"), CURL = which("curl");
 if (!NGINX || !WRK || !CURL) {
@@ -94,7 +104,7 @@ async function load(port: number, file: string, seconds: number) {
     `${www}/${file}`,
   ]);
   const m = /RESULT (\d+) (\d+) (\d+)/.exec(out);
-  if (!m) throw new Error("wrk failed");
+  if (!m) throw new Error(`wrk failed: ${out.slice(-300)}`);
   return { ok: Number(m[1]) - Number(m[2]), bad: Number(m[2]), p99: Number(m[3]) / 1000 };
 }
 
@@ -112,12 +122,19 @@ async function downloads(port: number, tls: boolean): Promise<void> {
 /** Resident MiB by kind of mapping (`/proc/PID/smaps`). */
 function split(pid: number): Record<string, number> {
   const out: Record<string, number> = { binary: 0, anonymous: 0, malloc: 0, other: 0 };
+  const exe = Deno.readLinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, "");
   let kind = "other";
   for (const line of Deno.readTextFileSync(`/proc/${pid}/smaps`).split("\n")) {
-    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*?)\s*$/.exec(line);
     if (m) {
-      const name = m[1];
-      kind = name === "" ? "anonymous" : name === "[heap]" ? "malloc" : /\/deno$/.test(name) ? "binary" : "other";
+      const name = m[1].replace(/ \(deleted\)$/, "");
+      kind = name === "" || name.startsWith("[anon:")
+        ? "anonymous"
+        : name === "[heap]"
+        ? "malloc"
+        : name === exe
+        ? "binary"
+        : "other";
     } else if (line.startsWith("Rss:")) out[kind] += Number(line.split(/\s+/)[1]) / 1024;
   }
   return out;
@@ -156,38 +173,54 @@ try {
     const proxy = new Deno.Command(c, {
       args: [...a, ...(values.ceiling ? [] : ["--log-format", "none"])],
       stdout: "null",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
+    // Keep the proxy's stderr (the last 4 KiB) to say why it failed, if it does.
+    let stderr = "";
+    const drained = proxy.stderr.pipeTo(
+      new WritableStream({ write: (chunk) => void (stderr = (stderr + new TextDecoder().decode(chunk)).slice(-4096)) }),
+    ).catch(() => {});
+    let stage = "start";
     try {
       await waitForPort(port);
       console.log(`\nround ${round}${values.ceiling ? " (bench/ceiling.ts)" : ""}:`);
-      console.log("| stage | RSS | peak | binary | anonymous | malloc | other | V8 heap total / used | external |");
+      console.log(
+        "| stage | RSS | peak | deno binary | anonymous | malloc [heap] | other | V8 heap total / used | external |",
+      );
       console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
       const show = async (stage: string) => {
-        const s = split(proxy.pid), g = await gauges(port);
+        // Memory first, all at once; /metrics (when asked for) only after it.
+        const rss = procStatusKiB(proxy.pid, "VmRSS") / 1024, hwm = procStatusKiB(proxy.pid, "VmHWM") / 1024;
+        const s = split(proxy.pid);
+        const g = values.gauges ? await gauges(port) : {};
         console.log(
-          `| ${stage} | ${f1(procStatusKiB(proxy.pid, "VmRSS") / 1024)} | ${
-            f1(procStatusKiB(proxy.pid, "VmHWM") / 1024)
-          } | ${f1(s.binary)} | ${f1(s.anonymous)} | ${f1(s.malloc)} | ${f1(s.other)} | ${
-            g.js_heap_total === undefined ? "-" : `${f1(g.js_heap_total)} / ${f1(g.js_heap_used)}`
-          } | ${g.external_memory === undefined ? "-" : f1(g.external_memory)} |`,
+          `| ${stage} | ${f1(rss)} | ${f1(hwm)} | ${f1(s.binary)} | ${f1(s.anonymous)} | ${f1(s.malloc)} | ${
+            f1(s.other)
+          } | ${g.js_heap_total === undefined ? "-" : `${f1(g.js_heap_total)} / ${f1(g.js_heap_used)}`} | ${
+            g.external_memory === undefined ? "-" : f1(g.external_memory)
+          } |`,
         );
       };
       await show("start");
+      stage = "2 s small";
       await load(port, "small", 2);
       await show("2 s small");
+      stage = "1 s 64 KiB";
       await load(port, "64k", 1);
       await show("1 s 64 KiB");
+      stage = "8 MiB HTTP";
       await downloads(port, false);
       await show("8 MiB HTTP");
+      stage = "8 MiB CONNECT";
       await downloads(port, true);
       await show("8 MiB CONNECT");
+      stage = "10 s small (a)";
       await Deno.writeTextFile(`/proc/${proxy.pid}/clear_refs`, "5"); // VmHWM := VmRSS, as the harness does
       const cpu0 = cpuSeconds(proxy.pid);
       const r = await load(port, "small", 10);
       const cpu = cpuSeconds(proxy.pid) - cpu0;
-      await show("10 s small (a)");
       const peak = procStatusKiB(proxy.pid, "VmHWM") / 1024;
+      await show("10 s small (a)");
       peaks.push(peak);
       console.log(
         `(a): ${Math.round(r.ok / 10)} req/s, ${
@@ -195,13 +228,24 @@ try {
         } per CPU-s, p99 ${r.p99} ms, ${r.bad} invalid, ` +
           `peak ${f1(peak)} MiB`,
       );
+    } catch (error) {
+      throw new Error(`round ${round}, stage "${stage}": ${error}\nproxy stderr: ${stderr.trim() || "(none)"}`);
     } finally {
-      proxy.kill("SIGTERM");
+      try {
+        proxy.kill("SIGTERM");
+      } catch {
+        // it has exited already
+      }
       await proxy.status;
+      await drained;
     }
   }
 } finally {
-  nginx.kill("SIGTERM");
+  try {
+    nginx.kill("SIGTERM");
+  } catch {
+    // it has exited already
+  }
   await nginx.status;
   await Deno.remove(tmp, { recursive: true });
 }
