@@ -23,3 +23,22 @@ Deno.test("sources the proxy loads are Latin-1, so V8 stores them one byte per c
     }
   }
 });
+
+Deno.test("the runtime flags are the same in deno.json's tasks, the README's command lines and the benchmarks", async () => {
+  const { RUN_FLAGS } = await import("../bench/util.ts");
+  const want = RUN_FLAGS.join(" ");
+  const tasks = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url))).tasks as Record<
+    string,
+    string
+  >;
+  for (const name of ["start", "start:workers", "compile"]) {
+    assert.ok(tasks[name].includes(` ${want} `), `deno.json task ${name} has ${want}`);
+  }
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const lines = readme.split("\n").filter((l) => l.includes("--v8-flags="));
+  assert.ok(lines.length >= 2, "the README shows the command line");
+  for (const line of lines) {
+    const flags = /--v8-flags=(\S+)/.exec(line)![1];
+    assert.equal(`--v8-flags=${flags}`, RUN_FLAGS[1], `README: ${line.slice(0, 80)}...`);
+  }
+});
