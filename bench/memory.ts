@@ -20,7 +20,7 @@
  * Needs nginx, wrk and curl; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { cpuSeconds, freePort, pinned, procStatusKiB, RUN_FLAGS, waitForPort, which } from "./util.ts";
+import { cpuSeconds, freePort, pinned, procStatusKiB, RUN_FLAGS, waitForPort, which, WRK_CHECK_LUA } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -65,22 +65,7 @@ http { access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000; 
 );
 await Deno.writeTextFile(
   `${tmp}/check.lua`,
-  `threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args)
-  wrk.path = args[1]; wrk.headers["Host"] = args[2]
-  local f = assert(io.open(args[3], "rb")); expected = f:read("*a"); f:close()
-  bad = 0
-end
-function response(status, headers, body)
-  if status ~= 200 or body ~= expected then bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local invalid = 0
-  for _, t in ipairs(threads) do invalid = invalid + t:get("bad") end
-  io.write(string.format("RESULT %d %d %d\\n", summary.requests, invalid, latency:percentile(99)))
-end
-`,
+  WRK_CHECK_LUA,
 );
 
 async function run(cmd: string, args: string[]): Promise<string> {

@@ -65,3 +65,25 @@ export function cpuSeconds(pid: number): number {
   const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
+
+/**
+ * The wrk script of the load runners: absolute-form requests through a proxy
+ * (args: target, Host, expected body file), every body compared; prints
+ * `RESULT <requests> <invalid> <p99 µs>`.
+ */
+export const WRK_CHECK_LUA: string = `threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  wrk.path = args[1]; wrk.headers["Host"] = args[2]
+  local f = assert(io.open(args[3], "rb")); expected = f:read("*a"); f:close()
+  bad = 0
+end
+function response(status, headers, body)
+  if status ~= 200 or body ~= expected then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local invalid = 0
+  for _, t in ipairs(threads) do invalid = invalid + t:get("bad") end
+  io.write(string.format("RESULT %d %d %d\\n", summary.requests, invalid, latency:percentile(99)))
+end
+`;

@@ -109,6 +109,12 @@ export function latin1(bytes: Uint8Array, start = 0, end = bytes.length): string
 /** Encodes a string of chars 0-255 as bytes, one byte per char. */
 export function encodeLatin1(text: string): Uint8Array {
   const out = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  putLatin1(out, 0, text);
   return out;
+}
+
+/** Writes a string of chars 0-255 into `out` at `at`, one byte per char; returns the index after it. */
+export function putLatin1(out: Uint8Array, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
+  return at + text.length;
 }

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { encodeLatin1 } from "./ascii.ts";
 import { sha256 } from "./sha256.ts";
 
 /** The challenge sent with a 407 (RFC 7617 §2: realm, and the charset the proxy decodes credentials with). */
@@ -108,9 +109,7 @@ export function decodeBasic(value: string | null): string | null {
   if (m === null) return null;
   let bytes: Uint8Array;
   try {
-    const bin = atob(m[1]);
-    bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i); // a callback per char was 17x slower
+    bytes = encodeLatin1(atob(m[1])); // atob gives one char (0-255) per byte
   } catch {
     return null;
   }

@@ -143,8 +143,7 @@ export class ConnReader {
     try {
       n = await this.#read();
     } catch (error) {
-      this.#inFlight = false;
-      throw error;
+      return this.#failed(error);
     }
     return this.#accept(n);
   }

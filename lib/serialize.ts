@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { COLON, CR, LF, SP } from "./ascii.ts";
+import { COLON, CR, LF, putLatin1, SP } from "./ascii.ts";
 import type { Field } from "./fields.ts";
 
 /**
@@ -26,15 +26,15 @@ export function serializeHead(
   // A small body rides in the same buffer: one write, one segment (no Nagle stall).
   const total = size + (body ? body.length : 0);
   const out = into !== undefined && into.length >= total ? into : new Uint8Array(total);
-  let at = put(out, 0, startLine);
+  let at = putLatin1(out, 0, startLine);
   out[at++] = CR;
   out[at++] = LF;
   for (let i = 0; i < fields.length; i++) {
     const field = fields[i];
-    at = put(out, at, field[0]);
+    at = putLatin1(out, at, field[0]);
     out[at++] = COLON;
     out[at++] = SP;
-    at = put(out, at, field[1]);
+    at = putLatin1(out, at, field[1]);
     out[at++] = CR;
     out[at++] = LF;
   }
@@ -42,12 +42,6 @@ export function serializeHead(
   out[at++] = LF;
   if (body) out.set(body, size);
   return out.length === total ? out : out.subarray(0, total);
-}
-
-/** Writes `text` as latin-1 (one byte per char) at `at`; returns the index after it. */
-function put(out: Uint8Array, at: number, text: string): number {
-  for (let i = 0; i < text.length; i++) out[at + i] = text.charCodeAt(i);
-  return at + text.length;
 }
 
 /** Size of the scratch buffers heads are built in (buffers.ts; larger heads get their own). */
