@@ -23,6 +23,7 @@ import { parseArgs } from "node:util";
 import {
   cpuSeconds,
   freePort,
+  median,
   pinned,
   PINNING,
   procStatusKiB,
@@ -161,7 +162,6 @@ try {
   await Deno.remove(tmp, { recursive: true });
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ref = results.get("no hooks")!;
 console.log(
   `\n${CONNECTIONS} keep-alive connections, 100-byte responses, ${DURATION} s x ${ROUNDS} rounds, ${

@@ -13,7 +13,7 @@
  * Loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { freePort, procStatusKiB, RUN_FLAGS, waitForPort } from "./util.ts";
+import { freePort, median, procStatusKiB, RUN_FLAGS, waitForPort } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -62,7 +62,6 @@ const targets: { name: string; args: (port: number) => string[]; proxy: boolean 
 ];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]) => xs.toSorted((a, b) => a - b)[xs.length >> 1];
 
 // The origin for keep-alive connections: a 100-byte answer to anything.
 const originPort = freePort();

@@ -25,7 +25,17 @@
  * Needs nginx, wrk and curl; loopback only; every process started is stopped by its PID.
  */
 import { parseArgs } from "node:util";
-import { cpuSeconds, freePort, pinned, procStatusKiB, RUN_FLAGS, waitForPort, which, WRK_CHECK_LUA } from "./util.ts";
+import {
+  cpuSeconds,
+  freePort,
+  median,
+  pinned,
+  procStatusKiB,
+  RUN_FLAGS,
+  waitForPort,
+  which,
+  WRK_CHECK_LUA,
+} from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -241,8 +251,7 @@ try {
   await nginx.status;
   await Deno.remove(tmp, { recursive: true });
 }
-peaks.sort((a, b) => a - b);
 console.log(
-  `\npeak RSS during (a), median of ${ROUNDS}: ${f1(peaks[Math.floor(peaks.length / 2)])} MiB; ` +
-    `highest ${f1(peaks[peaks.length - 1])} (the shared harness reports the highest of its rounds)`,
+  `\npeak RSS during (a), median of ${ROUNDS}: ${f1(median(peaks))} MiB; ` +
+    `highest ${f1(Math.max(...peaks))} (the shared harness reports the highest of its rounds)`,
 );

@@ -7,7 +7,7 @@
  *   deno run -A bench/tunnel.ts [--bytes 1073741824] [--rounds 3]
  */
 import { parseArgs } from "node:util";
-import { procStatusKiB, RUN_FLAGS } from "./util.ts";
+import { median, procStatusKiB, RUN_FLAGS } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -113,7 +113,6 @@ async function tunnel(): Promise<number> {
 
 const hwm = (pid: number) => procStatusKiB(pid, "VmHWM") / 1024;
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const d: number[] = [];
 const t: number[] = [];
 for (let i = 0; i < ROUNDS; i++) {

@@ -12,7 +12,7 @@
  * Needs nginx and curl (Debian: apt-get install nginx curl). Loopback only.
  */
 import { parseArgs } from "node:util";
-import { freePort, pinned, PINNING, procStatusKiB, RUN_FLAGS, waitForPort, which } from "./util.ts";
+import { freePort, median, pinned, PINNING, procStatusKiB, RUN_FLAGS, waitForPort, which } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -95,7 +95,6 @@ async function download(viaPort: number | null): Promise<number> {
   return Number(speed) / 1e6;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 try {
   await waitForPort(originPort);
   await waitForPort(proxyPort);

@@ -54,6 +54,11 @@ export async function waitForPort(port: number): Promise<void> {
   throw new Error(`nothing listens on ${port}`);
 }
 
+/** The median of `xs` (the upper one of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  return xs.toSorted((a, b) => a - b)[xs.length >> 1];
+}
+
 /** A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`: resident memory now, and its peak). */
 export function procStatusKiB(pid: number, field: "VmRSS" | "VmHWM"): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
