@@ -1,12 +1,14 @@
 /**
  * A buffered pull reader over a connection, and body readers that stop
- * exactly at the message boundary. Reads use `conn.read()` (never
- * `conn.readable`), so a peer's FIN leaves our write side open (half-close).
+ * exactly at the message boundary. Reads are single reads into our buffers
+ * (the runtime's read op, or `conn.read()`: lib/direct_read.ts), never
+ * `conn.readable`, so a peer's FIN leaves our write side open (half-close).
  *
  * @module
  */
 import { giveBuffer, takeBuffer } from "./buffers.ts";
 import { ChunkedDecoder, type ChunkedLimits } from "./chunked.ts";
+import { type ReadOnce, readOnceFor } from "./direct_read.ts";
 import { PrematureEofError } from "./errors.ts";
 import type { Framing } from "./framing.ts";
 import type { HeadParser } from "./head.ts";
@@ -81,7 +83,8 @@ const IDLE_SLOT_BYTES = 512;
  * the kept-alive wait is not a one-byte one.
  */
 export class ConnReader {
-  readonly #conn: Readable;
+  /** One read on the connection (lib/direct_read.ts: the runtime's op when reachable). */
+  readonly #readOnce: ReadOnce;
   readonly #min: number;
   readonly #max: number;
   readonly #probe: boolean;
@@ -105,7 +108,7 @@ export class ConnReader {
    * `probe`: waits for a message without a buffer (see the class notes).
    */
   constructor(conn: Readable, maxBytes = 65536, minBytes = Math.min(4096, maxBytes), probe = false) {
-    this.#conn = conn;
+    this.#readOnce = readOnceFor(conn);
     this.#min = minBytes;
     this.#max = maxBytes;
     this.#probe = probe;
@@ -159,7 +162,7 @@ export class ConnReader {
     this.#pending = null;
     if (pending !== null) return pending.then((n) => this.#accept(n), (error) => this.#failed(error));
     const slot = this.#slotStart();
-    return this.#conn.read(slot).then(
+    return this.#readOnce(slot).then(
       (n) => this.#accept(this.#slotLanded(slot, n)),
       (error) => this.#slotFailed(slot, error),
     );
@@ -193,7 +196,7 @@ export class ConnReader {
    */
   #slotLanded(slot: Uint8Array, n: number | null): number | null {
     giveSlot(slot);
-    if (n === null) return null;
+    if (n === null || n === 0) return null;
     (this.#buf = this.#smallBuffer()).set(n === slot.length ? slot : slot.subarray(0, n));
     return n;
   }
@@ -207,7 +210,7 @@ export class ConnReader {
   #slotRead(): Promise<number | null> {
     const slot = this.#slotStart();
     // A failure stays in flight until next() takes it (it clears the flag then).
-    return this.#conn.read(slot).then((n) => this.#slotLanded(slot, n), (error) => {
+    return this.#readOnce(slot).then((n) => this.#slotLanded(slot, n), (error) => {
       giveSlot(slot);
       throw error;
     });
@@ -237,7 +240,7 @@ export class ConnReader {
     this.#want = 0;
     this.#buf ??= this.#smallBuffer();
     this.#inFlight = true;
-    return this.#conn.read(this.#buf);
+    return this.#readOnce(this.#buf);
   }
 
   /** Gives a borrowed large buffer back and goes back to the small one. */
@@ -270,11 +273,11 @@ export class ConnReader {
     this.#want = 0;
   }
 
-  /** Takes in the result of a read: the bytes read, or null at EOF. */
+  /** Takes in the result of a read: the bytes read, or null at EOF (0 from the runtime's op). */
   #accept(n: number | null): Uint8Array | null {
     this.#inFlight = false;
     const buf = this.#buf!;
-    if (n === null) {
+    if (n === null || n === 0) {
       this.eof = true;
       this.#last = null;
       return null;
@@ -312,7 +315,7 @@ export class ConnReader {
     this.#returnLarge();
     this.#want = 0;
     this.#inFlight = true;
-    this.#pending = this.#conn.read(this.#buf!);
+    this.#pending = this.#readOnce(this.#buf!);
     return this.#pending;
   }
 

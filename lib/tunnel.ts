@@ -8,6 +8,7 @@
  */
 import type { ConnReader } from "./reader.ts";
 import { closeQuietly, closeWriteQuietly } from "./conn.ts";
+import { readOnceFor } from "./direct_read.ts";
 import { writeAll } from "./writer.ts";
 
 /** How a tunnel ended. */
@@ -86,8 +87,10 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
   };
 
   const pump = async (from: RelaySide, to: RelaySide, up: boolean) => {
-    // Bytes the reader already holds (early data) go first; then plain conn.read()
-    // into one reused buffer per direction (docs/design.md platform facts 3 and 4).
+    // Bytes the reader already holds (early data) go first; then single reads (the runtime's
+    // read op: lib/direct_read.ts) into one reused buffer per direction (docs/design.md
+    // platform facts 3 and 4).
+    const readOnce = readOnceFor(from.conn);
     let size: number = RELAY_BUFFER_BYTES.min;
     let buf: Uint8Array | null = null;
     while (true) {
@@ -96,8 +99,8 @@ export async function relay(client: RelaySide, origin: RelaySide, options: Relay
         if (from.reader.buffered > 0 || from.reader.reading) chunk = await from.reader.next();
         else {
           if (buf === null || buf.length !== size) buf = new Uint8Array(size);
-          const n = await from.conn.read(buf);
-          chunk = n === null ? null : buf.subarray(0, n);
+          const n = await readOnce(buf);
+          chunk = n === null || n === 0 ? null : buf.subarray(0, n);
           // A full read means bulk data: go straight to the largest buffer; shrink when traffic is light.
           if (n === size) size = RELAY_BUFFER_BYTES.max;
           else if (n !== null && n < size / 16 && size > RELAY_BUFFER_BYTES.min) size /= 2;
