@@ -22,7 +22,7 @@ const TASKSET = which("taskset");
 /** The runtime flags of the README's command line (deno.json "start"): every runner starts the proxy with them. */
 export const RUN_FLAGS: readonly string[] = [
   "--no-code-cache",
-  "--v8-flags=--max-semi-space-size=2,--no-turbofan,--no-concurrent-recompilation,--no-concurrent-sparkplug,--no-concurrent-osr,--concurrent-maglev-max-threads=1,--no-allocation-site-pretenuring,--heap-growing-percent=100",
+  "--v8-flags=--max-semi-space-size=2,--no-turbofan,--no-concurrent-recompilation,--no-concurrent-sparkplug,--no-concurrent-osr,--concurrent-maglev-max-threads=1,--no-allocation-site-pretenuring",
 ];
 
 /** Whether commands are pinned to CPUs (taskset is installed). */
