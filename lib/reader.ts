@@ -94,7 +94,7 @@ export class ConnReader {
   #end = 0;
   #last: Uint8Array | null = null;
   #pending: Promise<number | null> | null = null;
-  /** True from the start of a conn.read() into our buffer until its result is taken in. */
+  /** True from the start of a read into our buffer until its result is taken in. */
   #inFlight = false;
   /** >0: borrow a buffer of this size for the next read; -1: go back to the small one; 0: keep. */
   #want = 0;
@@ -304,6 +304,9 @@ export class ConnReader {
    * so a `probe` reader may wait without a buffer. False for a read started while
    * a message may still be read (a reset watch during a hook): it reads into the
    * current buffer.
+   *
+   * The promise settles with a byte count that only says the read is done: 0 or
+   * null at EOF, and callers take the bytes (or the EOF) with {@link next}.
    */
   prefetch(atBoundary = true): Promise<number | null> {
     if (this.#pending !== null) return this.#pending;
