@@ -15,6 +15,7 @@ import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { admissionVerdict, ClientCounts, MAX_LINGERING_REFUSALS, refuse } from "./admission.ts";
 import { expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
+import { idleRelease } from "./idle_release.ts";
 import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
 import { type Cidr, matchCidr, parseCidr } from "./cidr.ts";
@@ -143,7 +144,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       bodyTimeoutMs: opts.bodyTimeoutMs,
       logger,
       expireHead: (s) => expireHead(host, s),
+      onTick: (now, active) => release.tick(now, active),
     });
+  // Heap memory goes back to the system once the proxy is idle after a burst (lib/idle_release.ts).
+  const release = idleRelease();
   let sweeper = startSessionSweeper();
 
   /** Connections whose PROXY protocol header is still being read (closed at shutdown). */

@@ -23,6 +23,10 @@ export interface Swept extends HookWatch {
   responseTimedOut: boolean;
   /** A body is streaming either way; `activity` is its last byte. */
   inBody: boolean;
+  /** An exchange is in progress on this connection. */
+  busy: boolean;
+  /** Requests this connection has carried. */
+  requests: number;
   activity: number;
   /** A hook's body stream being sent (cancelled with the connection on a body timeout). */
   stream: { cancel(): void } | null;
@@ -50,16 +54,28 @@ export function sweepInterval(t: SweepTimeouts): number {
 /** Starts the sweeper over `sessions`; `expireHead` answers a head that did not arrive in time. */
 export function startSweeper<S extends Swept>(
   sessions: Iterable<S>,
-  options: { intervalMs: number; bodyTimeoutMs: number; logger: Logger; expireHead: (s: S) => void },
+  options: {
+    intervalMs: number;
+    bodyTimeoutMs: number;
+    logger: Logger;
+    expireHead: (s: S) => void;
+    /** Called after each sweep: `active` when an exchange ran, started or ended since the last one. */
+    onTick?: (now: number, active: boolean) => void;
+  },
 ): { stop(): void } {
-  const { intervalMs, logger, expireHead } = options;
+  const { intervalMs, logger, expireHead, onTick } = options;
+  let lastCount = -1, lastRequests = -1;
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
   const bodyIdleMs = options.bodyTimeoutMs > 0 ? options.bodyTimeoutMs + intervalMs : Infinity;
   tick();
   const timer = setInterval(() => {
     const now = tick();
+    let busy = false, count = 0, requests = 0;
     for (const s of sessions) {
+      count++;
+      requests += s.requests;
+      if (s.busy) busy = true;
       if (s.hookDeadline !== 0) expireHook(s, now);
       if (s.waitingHead && now > s.deadline) expireHead(s);
       else if (s.responseDeadline > 0 && now > s.responseDeadline) {
@@ -74,6 +90,11 @@ export function startSweeper<S extends Swept>(
         if (s.upstream) closeQuietly(s.upstream);
         s.stream?.cancel();
       }
+    }
+    if (onTick !== undefined) {
+      onTick(now, busy || count !== lastCount || requests !== lastRequests);
+      lastCount = count;
+      lastRequests = requests;
     }
   }, intervalMs);
   Deno.unrefTimer(timer);

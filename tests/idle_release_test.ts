@@ -1,0 +1,107 @@
+/**
+ * lib/idle_release.ts: when the proxy gives heap memory back (after a burst,
+ * once idle, once per growth), and that it does give it back in a real process.
+ */
+import assert from "node:assert/strict";
+import { GROWTH_BYTES, IDLE_MS, IdleRelease, type ReleaseRuntime } from "../lib/idle_release.ts";
+
+/** A runtime whose heap the test sets; gc() shrinks it to `afterGc` and counts calls. */
+function fakeRuntime(heap: number, available = true) {
+  const state = { heap, afterGc: heap, calls: 0 };
+  const runtime: ReleaseRuntime = {
+    heapTotal: () => state.heap,
+    gc: () =>
+      Promise.resolve(
+        available
+          ? () => {
+            state.calls++;
+            state.heap = state.afterGc;
+          }
+          : null,
+      ),
+  };
+  return { state, runtime };
+}
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+Deno.test("idle release: none while exchanges run, one after IDLE_MS idle once the heap has grown", async () => {
+  const { state, runtime } = fakeRuntime(10e6);
+  const release = new IdleRelease(runtime, 0);
+  state.heap = 10e6 + GROWTH_BYTES + 1;
+  state.afterGc = 9e6;
+  release.tick(1000, true);
+  release.tick(1000 + IDLE_MS - 1, false); // idle, but not long enough
+  await settle();
+  assert.equal(state.calls, 0);
+  release.tick(1000 + IDLE_MS, false);
+  await settle();
+  assert.equal(state.calls, 1);
+  assert.equal(state.heap, 9e6);
+  // Still idle, nothing grew since: no second release.
+  release.tick(1000 + 2 * IDLE_MS, false);
+  release.tick(1000 + 10 * IDLE_MS, false);
+  await settle();
+  assert.equal(state.calls, 1);
+});
+
+Deno.test("idle release: growth is counted from the heap after the last release, not from the start", async () => {
+  const { state, runtime } = fakeRuntime(10e6);
+  const release = new IdleRelease(runtime, 0);
+  state.heap = 20e6;
+  state.afterGc = 6e6;
+  release.tick(IDLE_MS, false);
+  await settle();
+  assert.equal(state.calls, 1);
+  // Grown again, but by less than GROWTH_BYTES from 6 MB: no release.
+  state.heap = 6e6 + GROWTH_BYTES - 1;
+  release.tick(IDLE_MS + 1, true);
+  release.tick(2 * IDLE_MS + 1, false);
+  await settle();
+  assert.equal(state.calls, 1);
+  // Now by enough.
+  state.heap = 6e6 + GROWTH_BYTES;
+  release.tick(3 * IDLE_MS + 1, false);
+  await settle();
+  assert.equal(state.calls, 2);
+});
+
+Deno.test("idle release: a heap that did not grow is left alone, and so is one whose gc() cannot be had", async () => {
+  const grew = fakeRuntime(10e6);
+  const quiet = new IdleRelease(grew.runtime, 0);
+  grew.state.heap = 10e6 + GROWTH_BYTES - 1;
+  quiet.tick(IDLE_MS * 5, false);
+  await settle();
+  assert.equal(grew.state.calls, 0);
+
+  const none = fakeRuntime(10e6, false);
+  const unavailable = new IdleRelease(none.runtime, 0);
+  none.state.heap = 30e6;
+  unavailable.tick(IDLE_MS, false);
+  await settle();
+  assert.equal(unavailable.releases, 0);
+  assert.equal(none.state.heap, 30e6);
+});
+
+Deno.test("idle release: a real process gives the heap back after a burst (against one that does not)", async () => {
+  // In processes of their own, so that the heap measured is the program's alone.
+  const program = new URL("./programs/idle_release.ts", import.meta.url).pathname;
+  const run = async (mode: string) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", "--v8-flags=--max-semi-space-size=2", program, mode],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    return JSON.parse(new TextDecoder().decode(out.stdout)) as { before: number; after: number; releases: number };
+  };
+  const [released, kept] = await Promise.all([run("release"), run("control")]);
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+  assert.equal(released.releases, 1);
+  assert.ok(
+    released.after < released.before - 4 * 2 ** 20,
+    `with the release: heap ${mib(released.before)} -> ${mib(released.after)} MiB`,
+  );
+  // The control shows what the release is measured against: V8 alone kept the heap.
+  assert.ok(kept.after > kept.before - 2 * 2 ** 20, `without: heap ${mib(kept.before)} -> ${mib(kept.after)} MiB`);
+});
