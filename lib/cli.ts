@@ -376,6 +376,13 @@ export const OPTIONS: readonly OptionEntry[] = Object.freeze(
       help: "count nothing for /metrics and the status page (saves a record per exchange)",
     },
     {
+      name: "no-memory-release",
+      type: "boolean",
+      shown: "off",
+      restart: true,
+      help: "never ask V8 for a memory-reducing collection when idle after the heap grew (a pause of tens of ms)",
+    },
+    {
       name: "log-format",
       type: "log-format",
       arg: "F",
@@ -624,6 +631,7 @@ export function proxyOptionsFrom(settings: Settings): ProxyOptions {
     if (entry.option !== undefined && settings[entry.name] !== undefined) options[entry.option] = settings[entry.name];
   }
   if (settings["no-metrics"] === true) options.metrics = false;
+  if (settings["no-memory-release"] === true) options.memoryRelease = false;
   return options as ProxyOptions;
 }
 

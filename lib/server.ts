@@ -65,6 +65,7 @@ const RESTART_KEYS = [
   "hooks",
   "logger",
   "metrics",
+  "memoryRelease",
   "signal",
   "onTunnelEnd",
   "proxyProtocol",
@@ -144,10 +145,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       bodyTimeoutMs: opts.bodyTimeoutMs,
       logger,
       expireHead: (s) => expireHead(host, s),
-      onTick: (now, active) => release.tick(now, active),
+      onTick: release === null ? undefined : (now, active) => release.tick(now, active),
     });
   // Heap memory goes back to the system once the proxy is idle after a burst (lib/idle_release.ts).
-  const release = idleRelease();
+  const release = opts.memoryRelease ? idleRelease() : null;
   let sweeper = startSessionSweeper();
 
   /** Connections whose PROXY protocol header is still being read (closed at shutdown). */

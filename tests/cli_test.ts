@@ -5,7 +5,16 @@
  * deleted one; the proxy never routes through the proxy in its own environment.
  */
 import assert from "node:assert/strict";
-import { markdownTable, OPTIONS, parseCommandLine, parseConfig, stripComments, usage, UsageError } from "../lib/cli.ts";
+import {
+  markdownTable,
+  OPTIONS,
+  parseCommandLine,
+  parseConfig,
+  proxyOptionsFrom,
+  stripComments,
+  usage,
+  UsageError,
+} from "../lib/cli.ts";
 import { DEFAULTS } from "../lib/options.ts";
 import { echoTarget, fieldValue, get, hasField, type Message, startOrigin } from "./util.ts";
 import { parseHead } from "./util.ts";
@@ -34,11 +43,23 @@ Deno.test("--help names every option; every ProxyOptions default a user can set 
     "upstreamIdleTimeoutMs",
     "reusePort",
     "instanceId",
-    "metrics",
+    "metrics", // --no-metrics turns it off
+    "memoryRelease", // --no-memory-release turns it off
   ]);
   for (const key of Object.keys(DEFAULTS)) {
     assert.ok(covered.has(key as never) || libraryOnly.has(key), `no flag for ${key}`);
   }
+});
+
+Deno.test("--no-metrics and --no-memory-release turn their options off; without them both stay on", () => {
+  const off = proxyOptionsFrom(parseCommandLine(["--no-metrics", "--no-memory-release"]).settings);
+  assert.equal(off.metrics, false);
+  assert.equal(off.memoryRelease, false);
+  const on = proxyOptionsFrom(parseCommandLine([]).settings);
+  assert.equal(on.metrics, undefined); // the defaults apply: DEFAULTS.metrics, DEFAULTS.memoryRelease
+  assert.equal(on.memoryRelease, undefined);
+  assert.equal(DEFAULTS.metrics, true);
+  assert.equal(DEFAULTS.memoryRelease, true);
 });
 
 Deno.test("flags: values checked and converted; a bad one names the flag, the value and why", () => {

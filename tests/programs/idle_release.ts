@@ -2,18 +2,23 @@
  * Run by tests/idle_release_test.ts in its own process: grows the heap with
  * objects that live long enough to reach the old generation, drops them, and
  * waits 5 s without traffic. With `release`, a proxy runs meanwhile (its
- * sweeper asks for the memory back once idle); with `control`, none does.
+ * sweeper asks for the memory back once idle); with `off`, the same proxy runs
+ * with `memoryRelease: false`.
  * Prints `{ "before": bytes, "after": bytes, "releases": n }` (V8's committed heap).
  *
- *   deno run --allow-net --v8-flags=--max-semi-space-size=2 tests/programs/idle_release.ts release|control
+ *   deno run --allow-net --v8-flags=--max-semi-space-size=2 tests/programs/idle_release.ts release|off
  */
 import { silentLogger, startProxy } from "../../mod.ts";
 import { idleRelease } from "../../lib/idle_release.ts";
 
 const mode = Deno.args[0];
-const proxy = mode === "release"
-  ? await startProxy({ hostname: "127.0.0.1", port: 0, logger: silentLogger, headerTimeoutMs: 400 })
-  : null;
+const proxy = await startProxy({
+  hostname: "127.0.0.1",
+  port: 0,
+  logger: silentLogger,
+  headerTimeoutMs: 400,
+  memoryRelease: mode === "release",
+});
 
 // A burst: objects that survive several young-generation collections (promoted), then garbage.
 let kept: unknown[] = [];
@@ -23,5 +28,5 @@ kept = [];
 const before = Deno.memoryUsage().heapTotal;
 await new Promise((resolve) => setTimeout(resolve, 5000));
 const after = Deno.memoryUsage().heapTotal;
-console.log(JSON.stringify({ before, after, releases: mode === "release" ? idleRelease().releases : 0 }));
-await proxy?.shutdown(0);
+console.log(JSON.stringify({ before, after, releases: idleRelease().releases }));
+await proxy.shutdown(0);
