@@ -62,6 +62,13 @@ export interface SessionHost {
 
 const TIMEOUT = Symbol("timeout");
 let nextId = 1;
+/** Exchanges started in this isolate (all proxies in it): the idle release's sign of activity. */
+let exchanges = 0;
+
+/** How many exchanges have started in this isolate so far. */
+export function exchangesStarted(): number {
+  return exchanges;
+}
 
 /**
  * One client connection's state, as a class: every field is set in the
@@ -181,6 +188,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     s.method = head.method;
     s.minor = head.minor;
     s.requests++;
+    exchanges++;
     first = false;
     s.busy = true;
     try {

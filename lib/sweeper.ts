@@ -25,8 +25,6 @@ export interface Swept extends HookWatch {
   inBody: boolean;
   /** An exchange is in progress on this connection. */
   busy: boolean;
-  /** Requests this connection has carried. */
-  requests: number;
   activity: number;
   /** A hook's body stream being sent (cancelled with the connection on a body timeout). */
   stream: { cancel(): void } | null;
@@ -59,22 +57,21 @@ export function startSweeper<S extends Swept>(
     bodyTimeoutMs: number;
     logger: Logger;
     expireHead: (s: S) => void;
-    /** Called after each sweep: `active` when an exchange ran, started or ended since the last one. */
+    /** Called after each sweep: `active` when an exchange is in progress or a connection came or went since the last one. */
     onTick?: (now: number, active: boolean) => void;
   },
 ): { stop(): void } {
   const { intervalMs, logger, expireHead, onTick } = options;
-  let lastCount = -1, lastRequests = -1;
+  let lastCount = -1;
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
   const bodyIdleMs = options.bodyTimeoutMs > 0 ? options.bodyTimeoutMs + intervalMs : Infinity;
   tick();
   const timer = setInterval(() => {
     const now = tick();
-    let busy = false, count = 0, requests = 0;
+    let busy = false, count = 0;
     for (const s of sessions) {
       count++;
-      requests += s.requests;
       if (s.busy) busy = true;
       if (s.hookDeadline !== 0) expireHook(s, now);
       if (s.waitingHead && now > s.deadline) expireHead(s);
@@ -92,9 +89,8 @@ export function startSweeper<S extends Swept>(
       }
     }
     if (onTick !== undefined) {
-      onTick(now, busy || count !== lastCount || requests !== lastRequests);
+      onTick(now, busy || count !== lastCount);
       lastCount = count;
-      lastRequests = requests;
     }
   }, intervalMs);
   Deno.unrefTimer(timer);

@@ -4,6 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { GROWTH_BYTES, IDLE_MS, IdleRelease, type ReleaseRuntime } from "../lib/idle_release.ts";
+import { exchangesStarted } from "../lib/session.ts";
+import { startSweeper, type Swept } from "../lib/sweeper.ts";
+import { silentLogger } from "../mod.ts";
+import { echoTarget, get, startOrigin, startTestProxy } from "./util.ts";
 
 /** A runtime whose heap the test sets; gc() shrinks it to `afterGc` and counts calls. */
 function fakeRuntime(heap: number, available = true) {
@@ -105,4 +109,52 @@ Deno.test("idle release: a proxy gives the heap back after a burst; with memoryR
   // The same proxy with the option off: V8 alone kept the heap (what the release is measured against).
   assert.equal(kept.releases, 0);
   assert.ok(kept.after > kept.before - 2 * 2 ** 20, `option off: heap ${mib(kept.before)} -> ${mib(kept.after)} MiB`);
+});
+
+Deno.test("idle release: the sweeper reports a busy session or a connection come or gone as activity", async () => {
+  const session = (busy: boolean) =>
+    ({ busy, hookDeadline: 0, waitingHead: false, responseDeadline: 0, inBody: false }) as unknown as Swept;
+  const sessions = new Set<Swept>([session(false)]);
+  const seen: boolean[] = [];
+  let wake: (() => void) | null = null;
+  const sweeper = startSweeper(sessions, {
+    intervalMs: 5,
+    bodyTimeoutMs: 0,
+    logger: silentLogger,
+    expireHead: () => {},
+    onTick: (_now, active) => {
+      seen.push(active);
+      wake?.();
+    },
+  });
+  const nextTick = () => new Promise<void>((resolve) => wake = resolve);
+  // The sweeper's timer does not keep a process alive (unrefTimer); this one does while the test waits.
+  const keepAlive = setInterval(() => {}, 1000);
+  try {
+    await nextTick(); // the first tick: the count is new
+    await nextTick(); // nothing changed
+    const quiet = seen.at(-1);
+    sessions.add(session(true));
+    await nextTick();
+    const busy = seen.at(-1);
+    sessions.clear();
+    await nextTick();
+    const gone = seen.at(-1);
+    await nextTick();
+    assert.deepEqual([seen[0], quiet, busy, gone, seen.at(-1)], [true, false, true, true, false]);
+  } finally {
+    sweeper.stop();
+    clearInterval(keepAlive);
+  }
+});
+
+Deno.test("idle release: every exchange counts, also one that starts and ends between two sweeper ticks", async () => {
+  await using origin = startOrigin(echoTarget);
+  await using proxy = startTestProxy();
+  const before = exchangesStarted();
+  for (let i = 0; i < 3; i++) {
+    const response = await proxy.roundTrip(get(`http://127.0.0.1:${origin.port}/n${i}`));
+    assert.equal(response.status, 200);
+  }
+  assert.equal(exchangesStarted() - before, 3);
 });
