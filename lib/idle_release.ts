@@ -57,13 +57,14 @@ export const RUNTIME: ReleaseRuntime = {
 };
 
 /**
- * Decides when to release: {@link tick} is called by the sweeper with whether
- * anything happened since the last tick. One instance per process is enough
- * (several proxies in one process share one heap).
+ * Decides when to release: {@link tick} is called on every sweeper tick. One
+ * instance per process is enough (several proxies in one process share one heap).
  */
 export class IdleRelease {
   readonly #runtime: ReleaseRuntime;
   #lastActive: number;
+  /** The activity count at the last tick (it starts at 0 with the process). */
+  #lastActivity = 0;
   /** Heap size after the last release (or at start): growth is measured from here. */
   #baseline: number;
   #running = false;
@@ -76,9 +77,16 @@ export class IdleRelease {
     this.#baseline = runtime.heapTotal();
   }
 
-  /** One sweeper tick: `active` when an exchange ran or started since the last one. */
-  tick(now: number, active: boolean): void {
-    if (active) {
+  /**
+   * One sweeper tick. `busy`: an exchange is in progress (a tunnel counts for as
+   * long as it is open); `activity`: a count that moves with every connection
+   * opened and exchange started, so one that came and went between two ticks
+   * counts too.
+   */
+  tick(now: number, busy: boolean, activity: number): void {
+    const moved = activity !== this.#lastActivity;
+    this.#lastActivity = activity;
+    if (busy || moved) {
       this.#lastActive = now;
       return;
     }

@@ -14,7 +14,7 @@ import { composeHooks } from "./hooks.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { type ProxyOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { admissionVerdict, ClientCounts, MAX_LINGERING_REFUSALS, refuse } from "./admission.ts";
-import { exchangesStarted, expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
+import { activityCount, expireHead, newSession, serveClient, type Session, type SessionHost } from "./session.ts";
 import { idleRelease } from "./idle_release.ts";
 import { startSweeper, sweepInterval } from "./sweeper.ts";
 import { UpstreamPool } from "./upstream.ts";
@@ -145,16 +145,10 @@ export function startProxy(options: ProxyOptions = {}): ProxyHandle {
       bodyTimeoutMs: opts.bodyTimeoutMs,
       logger,
       expireHead: (s) => expireHead(host, s),
-      onTick: release === null ? undefined : (now, active) => {
-        // An exchange that started and ended between two ticks counts too.
-        const started = exchangesStarted();
-        release.tick(now, active || started !== lastStarted);
-        lastStarted = started;
-      },
+      onTick: release === null ? undefined : (now, busy) => release.tick(now, busy, activityCount()),
     });
   // Heap memory goes back to the system once the proxy is idle after a burst (lib/idle_release.ts).
   const release = opts.memoryRelease ? idleRelease() : null;
-  let lastStarted = -1;
   let sweeper = startSessionSweeper();
 
   /** Connections whose PROXY protocol header is still being read (closed at shutdown). */

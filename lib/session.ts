@@ -62,12 +62,12 @@ export interface SessionHost {
 
 const TIMEOUT = Symbol("timeout");
 let nextId = 1;
-/** Exchanges started in this isolate (all proxies in it): the idle release's sign of activity. */
-let exchanges = 0;
+/** Connections opened and exchanges started in this isolate (all proxies in it): the idle release's sign of activity. */
+let activity = 0;
 
-/** How many exchanges have started in this isolate so far. */
-export function exchangesStarted(): number {
-  return exchanges;
+/** How many connections have opened and exchanges started in this isolate so far (lib/idle_release.ts). */
+export function activityCount(): number {
+  return activity;
 }
 
 /**
@@ -134,6 +134,7 @@ const DONE: Promise<void> = Promise.resolve();
 
 /** A new session for an accepted connection. */
 export function newSession(host: SessionHost, conn: Deno.TcpConn): Session {
+  activity++;
   const hooks = host.hooks;
   const timed = (hooks?.onExchangeEnd ?? null) !== null || host.ctx.options.timingHeader;
   return new SessionState(conn, nextId++, timed, hooks !== null);
@@ -188,7 +189,7 @@ export async function serveClient(host: SessionHost, s: Session): Promise<void> 
     s.method = head.method;
     s.minor = head.minor;
     s.requests++;
-    exchanges++;
+    activity++;
     first = false;
     s.busy = true;
     try {

@@ -57,21 +57,19 @@ export function startSweeper<S extends Swept>(
     bodyTimeoutMs: number;
     logger: Logger;
     expireHead: (s: S) => void;
-    /** Called after each sweep: `active` when an exchange is in progress or a connection came or went since the last one. */
-    onTick?: (now: number, active: boolean) => void;
+    /** Called after each sweep: `busy` when an exchange is in progress on some connection. */
+    onTick?: (now: number, busy: boolean) => void;
   },
 ): { stop(): void } {
   const { intervalMs, logger, expireHead, onTick } = options;
-  let lastCount = -1;
   // Body activity is stamped with the coarse clock, which this sweeper refreshes: a stamp
   // can be up to one interval old, so that much slack keeps the timeout from firing early.
   const bodyIdleMs = options.bodyTimeoutMs > 0 ? options.bodyTimeoutMs + intervalMs : Infinity;
   tick();
   const timer = setInterval(() => {
     const now = tick();
-    let busy = false, count = 0;
+    let busy = false;
     for (const s of sessions) {
-      count++;
       if (s.busy) busy = true;
       if (s.hookDeadline !== 0) expireHook(s, now);
       if (s.waitingHead && now > s.deadline) expireHead(s);
@@ -88,10 +86,7 @@ export function startSweeper<S extends Swept>(
         s.stream?.cancel();
       }
     }
-    if (onTick !== undefined) {
-      onTick(now, busy || count !== lastCount);
-      lastCount = count;
-    }
+    onTick?.(now, busy);
   }, intervalMs);
   Deno.unrefTimer(timer);
   return { stop: () => clearInterval(timer) };

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { GROWTH_BYTES, IDLE_MS, IdleRelease, type ReleaseRuntime } from "../lib/idle_release.ts";
-import { exchangesStarted } from "../lib/session.ts";
+import { activityCount } from "../lib/session.ts";
 import { startSweeper, type Swept } from "../lib/sweeper.ts";
 import { silentLogger } from "../mod.ts";
 import { echoTarget, get, startOrigin, startTestProxy } from "./util.ts";
@@ -34,17 +34,17 @@ Deno.test("idle release: none while exchanges run, one after IDLE_MS idle once t
   const release = new IdleRelease(runtime, 0);
   state.heap = 10e6 + GROWTH_BYTES + 1;
   state.afterGc = 9e6;
-  release.tick(1000, true);
-  release.tick(1000 + IDLE_MS - 1, false); // idle, but not long enough
+  release.tick(1000, true, 0);
+  release.tick(1000 + IDLE_MS - 1, false, 0); // idle, but not long enough
   await settle();
   assert.equal(state.calls, 0);
-  release.tick(1000 + IDLE_MS, false);
+  release.tick(1000 + IDLE_MS, false, 0);
   await settle();
   assert.equal(state.calls, 1);
   assert.equal(state.heap, 9e6);
   // Still idle, nothing grew since: no second release.
-  release.tick(1000 + 2 * IDLE_MS, false);
-  release.tick(1000 + 10 * IDLE_MS, false);
+  release.tick(1000 + 2 * IDLE_MS, false, 0);
+  release.tick(1000 + 10 * IDLE_MS, false, 0);
   await settle();
   assert.equal(state.calls, 1);
 });
@@ -54,18 +54,18 @@ Deno.test("idle release: growth is counted from the heap after the last release,
   const release = new IdleRelease(runtime, 0);
   state.heap = 20e6;
   state.afterGc = 6e6;
-  release.tick(IDLE_MS, false);
+  release.tick(IDLE_MS, false, 0);
   await settle();
   assert.equal(state.calls, 1);
   // Grown again, but by less than GROWTH_BYTES from 6 MB: no release.
   state.heap = 6e6 + GROWTH_BYTES - 1;
-  release.tick(IDLE_MS + 1, true);
-  release.tick(2 * IDLE_MS + 1, false);
+  release.tick(IDLE_MS + 1, true, 0);
+  release.tick(2 * IDLE_MS + 1, false, 0);
   await settle();
   assert.equal(state.calls, 1);
   // Now by enough.
   state.heap = 6e6 + GROWTH_BYTES;
-  release.tick(3 * IDLE_MS + 1, false);
+  release.tick(3 * IDLE_MS + 1, false, 0);
   await settle();
   assert.equal(state.calls, 2);
 });
@@ -74,14 +74,14 @@ Deno.test("idle release: a heap that did not grow is left alone, and so is one w
   const grew = fakeRuntime(10e6);
   const quiet = new IdleRelease(grew.runtime, 0);
   grew.state.heap = 10e6 + GROWTH_BYTES - 1;
-  quiet.tick(IDLE_MS * 5, false);
+  quiet.tick(IDLE_MS * 5, false, 0);
   await settle();
   assert.equal(grew.state.calls, 0);
 
   const none = fakeRuntime(10e6, false);
   const unavailable = new IdleRelease(none.runtime, 0);
   none.state.heap = 30e6;
-  unavailable.tick(IDLE_MS, false);
+  unavailable.tick(IDLE_MS, false, 0);
   await settle();
   assert.equal(unavailable.releases, 0);
   assert.equal(none.state.heap, 30e6);
@@ -111,7 +111,21 @@ Deno.test("idle release: a proxy gives the heap back after a burst; with memoryR
   assert.ok(kept.after > kept.before - 2 * 2 ** 20, `option off: heap ${mib(kept.before)} -> ${mib(kept.after)} MiB`);
 });
 
-Deno.test("idle release: the sweeper reports a busy session or a connection come or gone as activity", async () => {
+Deno.test("idle release: a connection opened or an exchange started between two ticks counts as activity", async () => {
+  const { state, runtime } = fakeRuntime(10e6);
+  const release = new IdleRelease(runtime, 0);
+  state.heap = 30e6;
+  // No tick saw a busy session, but the count moved: still active, so the idle time starts over.
+  release.tick(IDLE_MS, false, 1);
+  release.tick(2 * IDLE_MS - 1, false, 1);
+  await settle();
+  assert.equal(state.calls, 0);
+  release.tick(2 * IDLE_MS, false, 1);
+  await settle();
+  assert.equal(state.calls, 1);
+});
+
+Deno.test("idle release: the sweeper reports whether an exchange is in progress on any connection", async () => {
   const session = (busy: boolean) =>
     ({ busy, hookDeadline: 0, waitingHead: false, responseDeadline: 0, inBody: false }) as unknown as Swept;
   const sessions = new Set<Swept>([session(false)]);
@@ -122,8 +136,8 @@ Deno.test("idle release: the sweeper reports a busy session or a connection come
     bodyTimeoutMs: 0,
     logger: silentLogger,
     expireHead: () => {},
-    onTick: (_now, active) => {
-      seen.push(active);
+    onTick: (_now, busy) => {
+      seen.push(busy);
       wake?.();
     },
   });
@@ -131,30 +145,27 @@ Deno.test("idle release: the sweeper reports a busy session or a connection come
   // The sweeper's timer does not keep a process alive (unrefTimer); this one does while the test waits.
   const keepAlive = setInterval(() => {}, 1000);
   try {
-    await nextTick(); // the first tick: the count is new
-    await nextTick(); // nothing changed
-    const quiet = seen.at(-1);
+    await nextTick();
+    const idle = seen.at(-1);
     sessions.add(session(true));
     await nextTick();
     const busy = seen.at(-1);
     sessions.clear();
     await nextTick();
-    const gone = seen.at(-1);
-    await nextTick();
-    assert.deepEqual([seen[0], quiet, busy, gone, seen.at(-1)], [true, false, true, true, false]);
+    assert.deepEqual([idle, busy, seen.at(-1)], [false, true, false]);
   } finally {
     sweeper.stop();
     clearInterval(keepAlive);
   }
 });
 
-Deno.test("idle release: every exchange counts, also one that starts and ends between two sweeper ticks", async () => {
+Deno.test("idle release: every connection and every exchange moves the activity count", async () => {
   await using origin = startOrigin(echoTarget);
   await using proxy = startTestProxy();
-  const before = exchangesStarted();
+  const before = activityCount();
   for (let i = 0; i < 3; i++) {
     const response = await proxy.roundTrip(get(`http://127.0.0.1:${origin.port}/n${i}`));
     assert.equal(response.status, 200);
   }
-  assert.equal(exchangesStarted() - before, 3);
+  assert.equal(activityCount() - before, 6); // three connections, one exchange each
 });
